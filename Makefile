@@ -1,0 +1,43 @@
+# Two commands do everything (see README): `make book` and `make test`.
+# Each creates .venv on first use and installs the package with its extras.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SHELL  := /bin/bash
+
+# Use the shared real datasets when they sit beside the clone; otherwise the package default.
+MEDSEG_DATA_ROOT ?= $(if $(wildcard ../shared/datasets/msd),$(abspath ../shared/datasets),)
+export MEDSEG_DATA_ROOT
+export NO_ALBUMENTATIONS_UPDATE := 1
+export PYTHONHASHSEED := 0
+
+.PHONY: all install book test test-fast lint lab clean publish
+
+all: book
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[book,dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+## Build the book, executing every chapter (HTML in _build/html).
+book: install
+	$(BIN)/jupyter-book build . -W -n --keep-going
+
+## Run the whole test suite: unit tests, real-data tests and the notebooks (nbval).
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check medseg_tutorial tests benchmarks
+
+## Open the chapters in JupyterLab.
+lab: install
+	$(BIN)/python -m pip install --quiet jupyterlab
+	$(BIN)/jupyter lab book/
+
+clean:
+	rm -rf _build .pytest_cache

@@ -1,0 +1,34 @@
+"""Where raw datasets live and where prepared data is cached.
+
+Two settings, each an environment variable that a function argument overrides:
+
+* ``MEDSEG_DATA_ROOT``: the folder holding raw datasets in their download layouts
+  (it may be read-only; nothing is ever written there).
+* ``MEDSEG_CACHE_DIR``: a writable folder for prepared slices, downloads and weights.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pooch
+
+DATA_ROOT_ENV = "MEDSEG_DATA_ROOT"
+CACHE_DIR_ENV = "MEDSEG_CACHE_DIR"
+
+
+def cache_dir(path: str | os.PathLike | None = None) -> Path:
+    """Return the writable cache directory (argument, then ``$MEDSEG_CACHE_DIR``, then the OS cache)."""
+    chosen = path or os.environ.get(CACHE_DIR_ENV) or pooch.os_cache("medseg-tutorial")
+    out = Path(chosen).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def data_root(path: str | os.PathLike | None = None) -> Path:
+    """Return the raw-data root (argument, then ``$MEDSEG_DATA_ROOT``, then ``<cache>/datasets``)."""
+    chosen = path or os.environ.get(DATA_ROOT_ENV)
+    if chosen:
+        return Path(chosen).expanduser()
+    return cache_dir() / "datasets"

@@ -1,0 +1,70 @@
+"""A registry of datasets: a name maps to its description and an importer.
+
+An importer is a function ``(root: Path) -> Iterator[Case]`` that reads one download layout.
+New datasets register themselves with :func:`register_dataset`, as smp does for encoders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._paths import data_root
+from .types import Case, DatasetInfo
+
+Importer = Callable[[Path], Iterator[Case]]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    info: DatasetInfo
+    importer: Importer
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_dataset(info: DatasetInfo) -> Callable[[Importer], Importer]:
+    """Decorator: register ``importer`` under ``info.name``."""
+
+    def deco(importer: Importer) -> Importer:
+        if info.name in _REGISTRY:
+            raise ValueError(f"dataset {info.name!r} is already registered")
+        _REGISTRY[info.name] = _Entry(info, importer)
+        return importer
+
+    return deco
+
+
+def _entry(name: str) -> _Entry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def list_datasets() -> list[str]:
+    """Names of all registered datasets."""
+    return sorted(_REGISTRY)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` registered under ``name``."""
+    return _entry(name).info
+
+
+def dataset_path(name: str, root: str | Path | None = None) -> Path:
+    """Folder of dataset ``name`` under the data root (``root`` overrides ``$MEDSEG_DATA_ROOT``)."""
+    return data_root(root) / _entry(name).info.subdir
+
+
+def iter_cases(name: str, root: str | Path | None = None) -> Iterator[Case]:
+    """Read dataset ``name`` case by case from its download layout under the data root."""
+    entry = _entry(name)
+    path = dataset_path(name, root)
+    if entry.info.subdir and not path.exists():
+        raise FileNotFoundError(
+            f"dataset {name!r} not found at {path}; set MEDSEG_DATA_ROOT or run `medseg data fetch {name}`"
+        )
+    return entry.importer(path)
