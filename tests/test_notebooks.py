@@ -1,0 +1,48 @@
+"""Static checks on the chapter notebooks: stored without outputs, no implementation inside them.
+
+The notebooks themselves are executed by nbval (`pytest --nbval-lax book/`, part of `make test`)
+and by the book build.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+BOOK = Path(__file__).resolve().parents[1] / "book"
+NOTEBOOKS = sorted(p for p in BOOK.glob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+MAX_CODE_LINES = 25  # a teaching snippet; longer cells belong in the package
+MAX_DEFINED_FUNCTION_LINES = 12  # exercises may define a short student function
+
+
+def _code_cells(nb: Path) -> list[dict]:
+    return [c for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code"]
+
+
+def test_there_are_chapters() -> None:
+    assert len(NOTEBOOKS) >= 1
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_stored_without_outputs(nb: Path) -> None:
+    for i, cell in enumerate(_code_cells(nb)):
+        assert not cell.get("outputs"), f"{nb.name}: code cell {i} has stored outputs; clear them"
+        assert cell.get("execution_count") is None, f"{nb.name}: code cell {i} has an execution count"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_implementation_in_notebooks(nb: Path) -> None:
+    for i, cell in enumerate(_code_cells(nb)):
+        source = "".join(cell["source"])
+        lines = [ln for ln in source.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+        assert len(lines) <= MAX_CODE_LINES, f"{nb.name}: code cell {i} has {len(lines)} lines of code"
+        code = "\n".join(ln for ln in source.splitlines() if not ln.lstrip().startswith(("%", "!")))
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.FunctionDef | ast.ClassDef):
+                length = node.end_lineno - node.lineno + 1
+                assert length <= MAX_DEFINED_FUNCTION_LINES, (
+                    f"{nb.name}: cell {i} defines {node.name} ({length} lines); move it into medseg_tutorial"
+                )
