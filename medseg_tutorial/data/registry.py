@@ -54,6 +54,11 @@ def dataset_info(name: str) -> DatasetInfo:
     return _entry(name).info
 
 
+def dataset_importer(name: str) -> Importer:
+    """The importer function registered under ``name``."""
+    return _entry(name).importer
+
+
 def dataset_path(name: str, root: str | Path | None = None) -> Path:
     """Folder of dataset ``name`` under the data root (``root`` overrides ``$MEDSEG_DATA_ROOT``)."""
     return data_root(root) / _entry(name).info.subdir
