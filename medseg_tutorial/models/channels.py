@@ -1,0 +1,79 @@
+"""Reuse RGB-pretrained first-layer filters for images with 1, 2 or k channels.
+
+ImageNet encoders start with a convolution whose filters have three input channels (R, G, B).
+A CT slice has one channel, a multi-sequence MRI slice has k. Rather than re-initialising that
+layer (and losing the edge and blob detectors it learned) we rewrite its filters:
+
+* **1 channel: sum the RGB filters.** A grey image fed to an RGB network is the grey value
+  repeated in R, G and B, so the response is ``W_r*g + W_g*g + W_b*g = (W_r + W_g + W_b)*g``.
+  A single filter equal to the sum gives exactly the same output for the one-channel image.
+* **k channels (k = 2, 4, 5, ...): repeat the RGB filters cyclically (R, G, B, R, G, ...) and
+  scale by 3/k.** Each filter now sums k inputs instead of 3, so the scale keeps the magnitude
+  of the activations (and the statistics the following BatchNorm learned). When k is a
+  multiple of 3 and the channels are copies of an RGB image the output is exactly preserved.
+
+These are the rules of ``timm.models.adapt_input_conv`` (used by timm's ``in_chans=``) and of
+``segmentation_models_pytorch.encoders._utils.patch_first_conv`` for pretrained encoders; we
+call timm's function rather than re-implementing it.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.models import adapt_input_conv
+from torch import nn
+
+
+def first_conv_name(module: nn.Module) -> str:
+    """Qualified name of the first ``nn.Conv2d`` of ``module`` (the layer that sees the image).
+
+    Works for every smp encoder: ``conv1`` (ResNet), ``features.0`` (VGG), ``model.conv_stem``
+    (timm "tu-" encoders). Like smp's ``patch_first_conv`` we rely on registration order, which
+    for these CNNs is also execution order.
+    """
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.Conv2d):
+            return name
+    raise ValueError(f"{type(module).__name__} has no nn.Conv2d layer to adapt")
+
+
+def adapt_conv_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Return first-conv ``weight`` (out, c, kh, kw) rewritten for ``in_channels`` inputs.
+
+    ``in_channels == 1`` sums the c input filters; any other count repeats them cyclically and
+    scales by ``c / in_channels`` (the module docstring explains why).
+    """
+    if weight.ndim != 4:
+        raise ValueError(f"expected a Conv2d weight (out, in, kh, kw), got shape {tuple(weight.shape)}")
+    # base_chans = the weight's own channel count, so timm's rule also covers 1 -> k (repeat, scale 1/k).
+    return adapt_input_conv(in_channels, weight.detach().clone(), base_chans=weight.shape[1])
+
+
+def adapt_first_conv_state(
+    state: dict[str, torch.Tensor], module: nn.Module, in_channels: int
+) -> dict[str, torch.Tensor]:
+    """Copy of ``state`` (a state dict for ``module``) with the first-conv weight adapted."""
+    key = first_conv_name(module) + ".weight"
+    if key not in state:
+        raise KeyError(f"state dict has no first-conv weight {key!r} for {type(module).__name__}")
+    out = dict(state)
+    out[key] = adapt_conv_weight(state[key], in_channels)
+    return out
+
+
+def adapt_first_conv(module: nn.Module, in_channels: int) -> nn.Module:
+    """Adapt the first convolution of ``module`` (e.g. ``model.encoder``) in place; returns it."""
+    name = first_conv_name(module)
+    conv: nn.Conv2d = module.get_submodule(name)
+    if conv.groups != 1:
+        raise ValueError(f"first conv {name!r} is grouped (groups={conv.groups}); cannot adapt it")
+    old = conv.in_channels
+    conv.weight = nn.Parameter(adapt_conv_weight(conv.weight, in_channels))
+    conv.in_channels = in_channels
+    # smp encoders remember their input channel count, as smp's own set_in_channels does.
+    if hasattr(module, "_in_channels"):
+        module._in_channels = in_channels
+    out_channels = getattr(module, "_out_channels", None)
+    if out_channels and out_channels[0] == old:  # feature 0 is the input image itself
+        module._out_channels = [in_channels, *out_channels[1:]]
+    return module

@@ -1,0 +1,247 @@
+"""Model checkpoints: the weights plus everything needed to rebuild and use the model.
+
+A checkpoint holds the model's state dict and plain JSON metadata:
+
+* ``config``: the ``ModelConfig`` (encoder, arch, channels, classes, ...) to rebuild the network;
+* ``class_names``: label value -> name;
+* ``normalization``: ``{"mean": [...], "std": [...]}`` applied to the inputs during training;
+* ``provenance``: package versions plus what the caller adds (dataset, strategy, epoch, metrics);
+* ``init``: which parts were pretrained when training started; ``extra``: anything else.
+
+Two formats: ``"pt"`` (``torch.save`` of a dict, read back with ``weights_only=True``, so loading
+never runs pickled code) and ``"safetensors"`` (metadata stored as JSON in the header). Files are
+written atomically: a crash mid-write never leaves a half-written checkpoint under the real name.
+
+Training state (optimizer, scheduler, RNG) belongs to the trainer; it can reuse
+``atomic_torch_save``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import IO, Any
+
+import safetensors
+import safetensors.torch
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+
+FORMAT = "medseg-checkpoint"
+FORMAT_VERSION = 1
+_SAFETENSORS_KEY = "medseg_checkpoint"  # safetensors header metadata key holding our JSON
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is unreadable or does not match what the caller expects."""
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+@contextmanager
+def _atomic_file(path: str | os.PathLike) -> Iterator[IO[bytes]]:
+    """Open a temporary file next to ``path``; on success fsync it and rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Same directory, so os.replace is an atomic rename on one filesystem; a hidden, unique name.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj, path)`` that never leaves a partial file at ``path``."""
+    with _atomic_file(path) as f:
+        torch.save(obj, f)
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _write_pt(f: IO[bytes], state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.save({"format": FORMAT, "meta": meta, "state_dict": state}, f)
+
+
+def _write_safetensors(f: IO[bytes], state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    f.write(safetensors.torch.save(state, metadata={_SAFETENSORS_KEY: json.dumps(meta)}))
+
+
+WRITERS: dict[str, Callable[[IO[bytes], dict[str, torch.Tensor], dict[str, Any]], None]] = {
+    "pt": _write_pt,
+    "safetensors": _write_safetensors,
+}
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DistributedDataParallel (``.module``) or torch.compile (``._orig_mod``)."""
+    for attr in ("module", "_orig_mod"):
+        while isinstance(getattr(model, attr, None), nn.Module):
+            model = getattr(model, attr)
+    return model
+
+
+def _normalization(value: Mapping[str, Any] | Sequence[Sequence[float]]) -> dict[str, Any]:
+    """Accept ``(mean, std)`` or a mapping with ``mean`` and ``std`` (other keys are kept)."""
+    if isinstance(value, Mapping):
+        out = dict(value)
+    else:
+        mean, std = value
+        out = {"mean": mean, "std": std}
+    if "mean" not in out or "std" not in out:
+        raise ValueError(f"normalization needs 'mean' and 'std', got keys {sorted(out)}")
+    out["mean"], out["std"] = [float(v) for v in out["mean"]], [float(v) for v in out["std"]]
+    return out
+
+
+def _plain_json(meta: dict[str, Any]) -> dict[str, Any]:
+    """JSON round trip: both formats then return identical metadata (lists, not tuples)."""
+    for key, value in meta.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"checkpoint metadata {key!r} is not JSON-serialisable: {err}") from None
+    return json.loads(json.dumps(meta))
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    *,
+    class_names: Sequence[str],
+    normalization: Mapping[str, Any] | Sequence[Sequence[float]],
+    provenance: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
+    format: str = "pt",
+) -> Path:
+    """Write ``model`` (built by ``build_model``) and its metadata to ``path`` atomically."""
+    if format not in WRITERS:
+        raise ValueError(f"unknown checkpoint format {format!r}; choose one of {sorted(WRITERS)}")
+    model = _unwrap(model)
+    config = getattr(model, "medseg_config", None)
+    if config is None:
+        raise ValueError("model has no medseg_config; build it with medseg_tutorial.models.build_model")
+    class_names = list(class_names)
+    # A binary model (classes=1) still names both labels: background and foreground.
+    if len(class_names) != config.classes and not (config.classes == 1 and len(class_names) == 2):
+        raise ValueError(f"{len(class_names)} class_names for a model with {config.classes} classes")
+
+    from medseg_tutorial import __version__
+
+    versions = {"medseg_tutorial": __version__, "torch": torch.__version__, "smp": smp.__version__}
+    meta = _plain_json(
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "config": asdict(config),
+            "class_names": class_names,
+            "normalization": _normalization(normalization),
+            "provenance": {**versions, **provenance},
+            "init": dict(getattr(model, "medseg_transfer", {})),
+            "extra": dict(extra or {}),
+        }
+    )
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with _atomic_file(path) as f:
+        WRITERS[format](f, state, meta)
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
+        header = f.metadata() or {}
+        state = {key: f.get_tensor(key) for key in f.keys()}
+    return state, json.loads(header[_SAFETENSORS_KEY]) if _SAFETENSORS_KEY in header else None
+
+
+def _read_pt(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        return obj["state_dict"], obj["meta"]
+    return obj, None
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """(state dict, metadata) of a checkpoint; metadata is None for a plain state-dict file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    # A safetensors file starts with an 8-byte header length, then its JSON header "{...".
+    reader = _read_safetensors if head[8:9] == b"{" else _read_pt
+    try:
+        state, meta = reader(path)
+    except Exception as err:  # torch, zipfile, pickle and safetensors all raise their own types
+        raise CheckpointError(
+            f"{path}: cannot read checkpoint: the file is truncated or corrupt, or holds more than "
+            f"tensors and plain data ({type(err).__name__}: {err})"
+        ) from err
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        found = sorted(state)[:8] if isinstance(state, Mapping) else type(state).__name__
+        raise CheckpointError(f"{path}: expected a state dict (name -> tensor), found {found}")
+    return dict(state), meta
+
+
+def _check_expect(path: Path, meta: dict[str, Any], expect: Mapping[str, Any]) -> None:
+    stored = {**meta["config"], "class_names": meta["class_names"]}
+    unknown = set(expect) - set(stored)
+    if unknown:
+        raise KeyError(f"cannot check {sorted(unknown)}; expect= accepts {sorted(stored)}")
+    wrong = [
+        f"{k}: stored {stored[k]!r}, expected {v!r}" for k, v in expect.items() if _plain(v) != stored[k]
+    ]
+    if wrong:
+        raise CheckpointError(f"{path}: checkpoint does not match: " + "; ".join(wrong))
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def load_checkpoint(
+    path: str | os.PathLike, expect: Mapping[str, Any] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model stored at ``path`` (in eval mode) and return ``(model, metadata)``.
+
+    ``expect`` (e.g. ``{"classes": 3, "encoder": "resnet34"}``) is checked against the stored
+    config and ``class_names`` before anything is built.
+    """
+    from .build import ModelConfig, build_model  # build.py imports this module; avoid a cycle
+
+    path = Path(path)
+    state, meta = read_checkpoint(path)
+    if meta is None:
+        raise CheckpointError(
+            f"{path}: a plain state dict, not a medseg checkpoint; "
+            "load encoder weights from it with build_model(encoder, weights=path)"
+        )
+    if expect:
+        _check_expect(path, meta, expect)
+    config = ModelConfig.from_dict(meta["config"])
+    model = build_model(
+        config.encoder, None, config.in_channels, config.classes, config.arch, **config.smp_kwargs
+    )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not match the stored config: {err}") from None
+    model.medseg_config = config
+    model.medseg_transfer = meta.get("init", {})
+    return model.eval(), meta
