@@ -5,4 +5,6 @@ import os as _os
 # albumentations checks PyPI for updates at import unless told not to; never phone home.
 _os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-__version__ = "0.1.0"
+from ._version import __version__
+
+__all__ = ["__version__"]

@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from . import __version__
+from ._version import __version__
 
 Handler = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}

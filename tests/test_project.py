@@ -6,11 +6,15 @@ import ast
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 PKG = REPO / "medseg_tutorial"
@@ -46,10 +50,10 @@ def test_cli_version() -> None:
 
 # Layering like smp: a module may import only from its own layer or below.
 LAYERS = {
-    0: {"_paths", "data", "losses", "metrics", "activations"},
+    0: {"_paths", "_version", "data", "losses", "metrics", "activations", "viz"},
     1: {"models", "strategies", "optim", "exercises"},
-    2: {"config", "trainer", "distributed", "evaluate"},
-    3: {"experiment", "bench", "cli", "course", "__init__", "__main__"},
+    2: {"config", "trainer", "distributed", "evaluate", "results"},
+    3: {"experiment", "bench", "cli", "course", "notebook", "__init__", "__main__"},
 }
 LAYER_OF = {name: level for level, names in LAYERS.items() for name in names}
 

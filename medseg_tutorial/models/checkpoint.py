@@ -139,7 +139,7 @@ def save_checkpoint(
     if len(class_names) != config.classes and not (config.classes == 1 and len(class_names) == 2):
         raise ValueError(f"{len(class_names)} class_names for a model with {config.classes} classes")
 
-    from medseg_tutorial import __version__
+    from .._version import __version__
 
     versions = {"medseg_tutorial": __version__, "torch": torch.__version__, "smp": smp.__version__}
     meta = _plain_json(
