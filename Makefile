@@ -39,5 +39,9 @@ lab: install
 	$(BIN)/python -m pip install --quiet jupyterlab
 	$(BIN)/jupyter lab book/
 
+## Publish the book to the gh-pages branch by hand (CI publishes every push to main).
+publish:
+	scripts/publish.sh
+
 clean:
 	rm -rf _build .pytest_cache

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from ._version import __version__
 
@@ -63,6 +64,30 @@ def _data(args: argparse.Namespace) -> int:
     raise AssertionError(args.data_cmd)
 
 
+# --- medseg course ... -------------------------------------------------------------------------
+
+
+def _course_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="course_cmd", required=True)
+    e = sub.add_parser("export", help="write student (solutions removed) and teacher copies of the chapters")
+    e.add_argument("dest", type=Path, help="output folder; student/ and teacher/ are written inside it")
+    e.add_argument("--book", type=Path, help="folder of chapter notebooks (default: the repository's book/)")
+    e.add_argument("--execute", action="store_true", help="run every copied notebook and report failures")
+    e.add_argument("--timeout", type=int, default=600, help="seconds per cell with --execute (default 600)")
+    e.add_argument("--force", action="store_true", help="replace existing student/ and teacher/ folders")
+
+
+@command("course", "export the chapter notebooks for teaching a course", _course_args)
+def _course(args: argparse.Namespace) -> int:
+    from .course import export_course
+
+    result = export_course(
+        args.dest, args.book, execute=args.execute, timeout=args.timeout, overwrite=args.force
+    )
+    print(result.summary())
+    return 0 if result.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="medseg", description=__doc__.splitlines()[0])
@@ -78,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command][2](args)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as exc:
         # Errors from bad input are reported in one line; bugs still show a traceback.
         print(f"medseg {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -19,7 +19,12 @@ from ._paths import cache_dir, data_root
 from ._version import __version__
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "book" / "results"
+
+
+def results_dir() -> Path:
+    """Folder of the committed results tables: the repo's book/results, else ./results (course copies)."""
+    in_repo = REPO / "book" / "results"
+    return in_repo if in_repo.is_dir() else Path.cwd() / "results"
 
 
 @dataclass(frozen=True)
