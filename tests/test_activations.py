@@ -1,0 +1,103 @@
+"""Decoding logits: sigmoid vs softmax, on tensors small enough to check by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from medseg_tutorial.activations import (
+    HIDDEN_ACTIVATIONS,
+    activation_curves,
+    decode,
+    probabilities,
+)
+
+
+def test_binary_decode_threshold():
+    logits = torch.tensor([[[[-2.0, 0.0, 0.5, 3.0]]]])  # (1, 1, 1, 4); sigmoid = .12, .5, .62, .95
+    np.testing.assert_array_equal(decode(logits, "binary"), [[[0, 0, 1, 1]]])  # 0.5 is not > 0.5
+    np.testing.assert_array_equal(decode(logits, "binary", threshold=0.9), [[[0, 0, 0, 1]]])
+    np.testing.assert_array_equal(decode(logits, "binary", threshold=0.1), [[[1, 1, 1, 1]]])
+    out = decode(logits, "binary")
+    assert out.shape == (1, 1, 4) and out.dtype == torch.long
+
+
+def test_softmax_argmax_differs_from_sigmoid_thresholding():
+    """Two pixels, three mutually exclusive classes.
+
+    pixel 0: logits (2, 1, 3)    -> all sigmoids > 0.5, so per-channel thresholding says "all three
+             classes" (impossible for exclusive classes); softmax picks class 2.
+    pixel 1: logits (-1, -2, -3) -> all sigmoids < 0.5, thresholding says "no class at all";
+             softmax still picks the most likely class, 0.
+    """
+    logits = torch.tensor([[2.0, -1.0], [1.0, -2.0], [3.0, -3.0]]).reshape(1, 3, 1, 2)
+    np.testing.assert_array_equal(decode(logits, "multiclass"), [[[2, 0]]])
+    np.testing.assert_array_equal(decode(logits, "multilabel")[0, :, 0], [[1, 0], [1, 0], [1, 0]])
+    p = probabilities(logits, "multiclass")
+    torch.testing.assert_close(p.sum(dim=1), torch.ones(1, 1, 2))
+    expected0 = torch.softmax(torch.tensor([2.0, 1.0, 3.0]), 0)
+    torch.testing.assert_close(p[0, :, 0, 0], expected0)
+    assert p[0, 2, 0, 0] == pytest.approx(math.exp(3) / (math.exp(2) + math.exp(1) + math.exp(3)))
+    s = probabilities(logits, "multilabel")
+    assert (s[0, :, 0, 0] > 0.5).all() and s[0, :, 0, 0].sum() > 1  # sigmoids need not sum to 1
+
+
+def test_multiclass_decode_equals_argmax_of_softmax_and_ignores_threshold():
+    g = torch.Generator().manual_seed(0)
+    logits = 4 * torch.randn(2, 5, 6, 7, generator=g)
+    labels = decode(logits, "multiclass")
+    assert labels.shape == (2, 6, 7)
+    torch.testing.assert_close(labels, probabilities(logits, "multiclass").argmax(dim=1))
+    torch.testing.assert_close(decode(logits, "multiclass", threshold=0.99), labels)
+
+
+def test_multilabel_keeps_channels_and_3d():
+    logits = torch.zeros(1, 2, 3, 2, 2)  # a (D, H, W) volume
+    logits[0, 0, 1] = 5.0
+    logits[0, 1, :, 0] = 5.0
+    labels = decode(logits, "multilabel")
+    assert labels.shape == (1, 2, 3, 2, 2)
+    assert labels[0, 0].sum() == 4 and labels[0, 1].sum() == 6
+    assert labels[0, :, 1, 0, 0].tolist() == [1, 1]  # one voxel, two labels at once
+    assert decode(logits[:, :1], "binary").shape == (1, 3, 2, 2)
+
+
+def test_probabilities_are_sigmoid_or_softmax():
+    x = torch.tensor([[[[0.0]], [[math.log(3.0)]]]])  # (1, 2, 1, 1)
+    torch.testing.assert_close(probabilities(x, "multilabel").flatten(), torch.tensor([0.5, 0.75]))
+    torch.testing.assert_close(probabilities(x, "multiclass").flatten(), torch.tensor([0.25, 0.75]))
+    torch.testing.assert_close(probabilities(x[:, 1:], "binary").flatten(), torch.tensor([0.75]))
+
+
+def test_validation():
+    with pytest.raises(ValueError, match="1 channel"):
+        decode(torch.zeros(1, 2, 3, 3), "binary")
+    with pytest.raises(ValueError, match="Unknown mode"):
+        decode(torch.zeros(1, 2, 3, 3), "softmax")
+    with pytest.raises(ValueError, match="N, C"):
+        probabilities(torch.zeros(3, 3), "multiclass")
+    with pytest.raises(ValueError, match="threshold"):
+        decode(torch.zeros(1, 1, 3, 3), "binary", threshold=2.0)
+
+
+def test_hidden_activation_curves():
+    assert set(HIDDEN_ACTIVATIONS) == {"relu", "leaky_relu", "elu", "gelu", "silu"}
+    curves = activation_curves(np.array([-2.0, -0.5, 0.5, 2.0]))
+    relu = curves["relu"]
+    np.testing.assert_allclose(relu.value, [0, 0, 0.5, 2.0])
+    np.testing.assert_allclose(relu.gradient, [0, 0, 1, 1])  # dead for x < 0
+    np.testing.assert_allclose(curves["leaky_relu"].gradient, [0.01, 0.01, 1, 1])
+    np.testing.assert_allclose(curves["elu"].value[:2], np.exp([-2.0, -0.5]) - 1)
+    sig = 1 / (1 + np.exp(-relu.x))
+    np.testing.assert_allclose(curves["silu"].value, relu.x * sig)
+    np.testing.assert_allclose(curves["silu"].gradient, sig * (1 + relu.x * (1 - sig)))
+    # finite differences agree with autograd on the default grid
+    default = activation_curves()
+    for name, c in default.items():
+        assert c.x.shape == c.value.shape == c.gradient.shape == (401,)
+        fd = np.gradient(c.value, c.x)
+        inner = np.abs(c.x) > 0.05  # ReLU's kink at 0
+        np.testing.assert_allclose(c.gradient[inner][1:-1], fd[inner][1:-1], atol=2e-3, err_msg=name)
