@@ -1,0 +1,236 @@
+"""Preprocessing of imported cases: intensity normalisation, resizing and empty-slice selection.
+
+* Intensities: one normaliser per kind of data, chosen from the dataset's :class:`DatasetInfo`
+  through a small registry: CT in Hounsfield units is *windowed* (a level/width pair that maps a
+  tissue range to [0, 1]); 8-bit CT exports are scaled to [0, 1]; MRI has no absolute scale, so each
+  volume is clipped to its own 0.5-99.5 percentiles and z-scored, channel by channel.
+* Size: networks want one fixed size. ``"letterbox"`` keeps the aspect ratio (resize the longest side,
+  then pad), ``"resize"`` stretches, ``"pad"`` only pads (or centre-crops). Masks are resized with
+  nearest-neighbour sampling so they never receive in-between label values; spacing follows the
+  resizing so that millimetre metrics (HD95) stay right.
+* Slices: :func:`select_slices` keeps every slice with foreground and a stated fraction of empty ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .types import Case, DatasetInfo
+
+Normalizer = Callable[..., np.ndarray]  # (image (S, C, H, W), **params) -> float32, same shape
+
+# Common CT windows as (level, width) in HU. Soft tissue is the default for abdominal organs.
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "soft_tissue": (40.0, 400.0),
+    "liver": (60.0, 160.0),
+    "lung": (-600.0, 1500.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+}
+
+RESIZE_MODES = ("letterbox", "resize", "pad")
+
+_NORMALIZERS: dict[str, Normalizer] = {}
+
+
+def register_normalizer(name: str) -> Callable[[Normalizer], Normalizer]:
+    """Decorator: register an intensity normaliser under ``name``."""
+
+    def deco(fn: Normalizer) -> Normalizer:
+        if name in _NORMALIZERS:
+            raise ValueError(f"normaliser {name!r} is already registered")
+        _NORMALIZERS[name] = fn
+        return fn
+
+    return deco
+
+
+def list_normalizers() -> list[str]:
+    """Names of the registered intensity normalisers."""
+    return sorted(_NORMALIZERS)
+
+
+def resolve_window(window: str | tuple[float, float] | None) -> tuple[float, float]:
+    """``None`` (soft tissue), a preset name from :data:`CT_WINDOWS`, or a ``(level, width)`` pair."""
+    if window is None:
+        return CT_WINDOWS["soft_tissue"]
+    if isinstance(window, str):
+        try:
+            return CT_WINDOWS[window]
+        except KeyError:
+            raise ValueError(f"unknown CT window {window!r}; presets: {', '.join(CT_WINDOWS)}") from None
+    level, width = (float(v) for v in window)
+    if width <= 0:
+        raise ValueError(f"CT window width must be positive, got {width}")
+    return level, width
+
+
+@register_normalizer("ct_window")
+def ct_window(image: np.ndarray, window: str | tuple[float, float] | None = None) -> np.ndarray:
+    """Map HU in ``[level - width/2, level + width/2]`` linearly to [0, 1]; clip outside."""
+    level, width = resolve_window(window)
+    lo = level - width / 2
+    return np.clip((image.astype(np.float32) - lo) / width, 0.0, 1.0)
+
+
+@register_normalizer("scale_8bit")
+def scale_8bit(image: np.ndarray) -> np.ndarray:
+    """Scale 8-bit intensities (0-255) to [0, 1]; images already in [0, 1] are left as they are."""
+    lo, hi = float(image.min()), float(image.max())
+    if lo < 0 or hi > 255:
+        raise ValueError(f"8-bit image expected (values 0-255), got range [{lo:g}, {hi:g}]")
+    # an importer may already have scaled to [0, 1]; dividing again would crush the contrast
+    scale = 255.0 if hi > 1.0 else 1.0
+    return (image.astype(np.float32) / scale).astype(np.float32)
+
+
+@register_normalizer("percentile_zscore")
+def percentile_zscore(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """Per channel over the whole volume: clip to the ``low``/``high`` percentiles, then z-score.
+
+    Clipping first stops a few hot voxels (flow artefacts, fat) from dominating mean and std.
+    """
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got ({low}, {high})")
+    out = np.empty(image.shape, np.float32)
+    for c in range(image.shape[1]):
+        v = image[:, c].astype(np.float32)
+        p_lo, p_hi = np.percentile(v, [low, high])
+        v = np.clip(v, p_lo, p_hi)
+        std = float(v.std())
+        # a constant channel (e.g. an empty sequence) becomes zeros instead of NaN
+        out[:, c] = (v - v.mean()) / std if std > 1e-8 else 0.0
+    return out
+
+
+def default_normalizer(info: DatasetInfo) -> str:
+    """The normaliser a dataset gets by default, from its modality and intensity units."""
+    if info.modality == "CT":
+        return "ct_window" if info.has_raw_hu else "scale_8bit"
+    if info.modality == "MRI":
+        return "percentile_zscore"
+    raise ValueError(f"dataset {info.name!r}: no default normaliser for modality {info.modality!r}")
+
+
+def normalize_case(case: Case, info: DatasetInfo, method: str | None = None, **params) -> Case:
+    """Return a copy of ``case`` with normalised float32 intensities.
+
+    ``method`` defaults to :func:`default_normalizer`; ``params`` go to the normaliser, e.g.
+    ``window=(40, 400)`` for CT in HU or ``low=1, high=99`` for the MRI percentiles.
+    """
+    method = method or default_normalizer(info)
+    if method not in _NORMALIZERS:
+        raise ValueError(f"unknown normaliser {method!r}; known: {', '.join(list_normalizers())}")
+    if "window" in params and method != "ct_window":
+        raise ValueError(
+            f"dataset {info.name!r}: a CT window applies only to CT in Hounsfield units (normaliser "
+            f"'ct_window'), not to {method!r}"
+        )
+    image = _NORMALIZERS[method](case.image, **params)
+    return dataclasses.replace(case, image=image)
+
+
+def _pad_or_crop(arr: np.ndarray, size: tuple[int, int], fill: np.ndarray | float) -> np.ndarray:
+    """Centre ``arr`` (..., H, W) in a ``size`` canvas filled with ``fill``; centre-crop what is larger.
+
+    ``fill`` broadcasts against ``arr.shape[:-2]`` (one value per channel is ``(C, 1, 1)``-shaped).
+    """
+    h, w = arr.shape[-2:]
+    out = np.empty((*arr.shape[:-2], *size), arr.dtype)
+    out[...] = fill
+    ch, cw = min(h, size[0]), min(w, size[1])
+    sy, sx = (h - ch) // 2, (w - cw) // 2  # crop offsets in the source
+    dy, dx = (size[0] - ch) // 2, (size[1] - cw) // 2  # paste offsets in the canvas
+    out[..., dy : dy + ch, dx : dx + cw] = arr[..., sy : sy + ch, sx : sx + cw]
+    return out
+
+
+def _interpolate(image: np.ndarray, mask: np.ndarray | None, size: tuple[int, int]):
+    """Bilinear (antialiased) for intensities, nearest for labels."""
+    if image.shape[-2:] == tuple(size):
+        return image, mask
+    img = F.interpolate(torch.from_numpy(np.ascontiguousarray(image, np.float32)), size=size,
+                        mode="bilinear", align_corners=False, antialias=True).numpy()
+    if mask is None:
+        return img, None
+    # "nearest-exact" samples pixel centres like bilinear does; plain "nearest" shifts by half a pixel
+    # (nearest works on uint8 directly, so labels are copied, never computed)
+    m = F.interpolate(torch.from_numpy(np.ascontiguousarray(mask[:, None], np.uint8)), size=size, mode="nearest-exact")
+    return img, m[:, 0].numpy().astype(mask.dtype, copy=False)
+
+
+def resize_slices(
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    size: tuple[int, int],
+    mode: str = "letterbox",
+    spacing: tuple[float, float] = (1.0, 1.0),
+    fill: float | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, tuple[float, float]]:
+    """Bring slices ``image`` (S, C, H, W) and ``mask`` (S, H, W) to ``size`` = (H', W').
+
+    Modes: ``"letterbox"`` resizes so the longest side fits and pads the rest (aspect ratio kept);
+    ``"resize"`` stretches to ``size``; ``"pad"`` only pads, centre-cropping what is larger.
+    Padding uses ``fill`` for images (default: each channel's minimum, i.e. the background after
+    normalisation) and 0 (background) for masks. Returns ``(image, mask, (row_mm, col_mm))``.
+    """
+    if image.ndim != 4:
+        raise ValueError(f"image must be (S, C, H, W), got shape {image.shape}")
+    if mask is not None and mask.shape != (image.shape[0], *image.shape[2:]):
+        raise ValueError(f"mask shape {mask.shape} does not match image shape {image.shape}")
+    if mask is not None and mask.size and (mask.min() < 0 or mask.max() > 255):
+        raise ValueError(f"mask labels must lie in 0..255, got [{mask.min()}, {mask.max()}]")
+    size = (int(size[0]), int(size[1]))
+    if min(size) < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    h, w = image.shape[-2:]
+    if mode == "resize":
+        new_hw = size
+    elif mode == "letterbox":
+        scale = min(size[0] / h, size[1] / w)
+        new_hw = (min(size[0], max(1, round(h * scale))), min(size[1], max(1, round(w * scale))))
+    elif mode == "pad":
+        new_hw = (h, w)
+    else:
+        raise ValueError(f"unknown resize mode {mode!r}; use one of {RESIZE_MODES}")
+    image, mask = _interpolate(image, mask, new_hw)
+    # a pixel now covers (old extent / new extent) times as many millimetres
+    new_spacing = (float(spacing[0]) * h / new_hw[0], float(spacing[1]) * w / new_hw[1])
+    if new_hw != size:
+        fills = np.asarray(fill if fill is not None else image.min(axis=(0, 2, 3)), np.float32)
+        image = _pad_or_crop(image, size, fills.reshape(-1, 1, 1) if fills.ndim else fills)
+        if mask is not None:
+            mask = _pad_or_crop(mask, size, 0)
+    return image.astype(np.float32, copy=False), mask, new_spacing
+
+
+def select_slices(masks: np.ndarray, keep_empty: float = 1.0, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """Indices of the slices to keep: all with foreground plus ``keep_empty`` (0..1) of the empty ones.
+
+    Empty slices are drawn at random (seeded), ``round(keep_empty * n_empty)`` of them. Returns
+    ``(sorted indices, stats)`` with the counts, so a chapter can state exactly what was dropped.
+    """
+    if not 0.0 <= keep_empty <= 1.0:
+        raise ValueError(f"keep_empty must be a fraction in [0, 1], got {keep_empty}")
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
+    has_fg = masks.reshape(len(masks), -1).any(axis=1)
+    fg, empty = np.flatnonzero(has_fg), np.flatnonzero(~has_fg)
+    n_keep = round(keep_empty * len(empty))
+    kept_empty = np.random.default_rng(seed).choice(empty, size=n_keep, replace=False)
+    indices = np.sort(np.concatenate([fg, kept_empty])).astype(np.int64)
+    stats = {
+        "slices": len(masks),
+        "foreground": len(fg),
+        "empty": len(empty),
+        "kept_empty": int(n_keep),
+        "dropped": len(empty) - int(n_keep),
+        "kept": len(indices),
+        "keep_empty": float(keep_empty),
+    }
+    return indices, stats
