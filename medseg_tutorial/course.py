@@ -18,8 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from . import __version__
 from ._paths import CACHE_DIR_ENV, DATA_ROOT_ENV
+from ._version import __version__
 
 try:
     import nbformat

@@ -1,0 +1,514 @@
+"""Typed experiment configs: a YAML file validated into dataclasses.
+
+A config file has one mapping per section (``data``, ``model``, ``strategy``, ``loss``, ``optim``,
+``train``, ``output``) and may name ``presets``: partial configs merged on top of the file, e.g. a
+``quick`` preset for a CPU and a ``full`` one for a GPU::
+
+    cfg = load_config("configs/hippocampus.yaml", ["preset=quick", "train.epochs=2"])
+
+Every value is checked against its type and range; a mistake names the key and, for a misspelt
+key, suggests the closest one. Values left as ``null`` (``model.in_channels``, ``model.classes``,
+``loss.mode``) are filled in from the dataset's registry entry. No pydantic: the type hints of the
+dataclasses below are the schema.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import importlib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "OutputConfig",
+    "StrategyConfig",
+    "TrainConfig",
+    "find_config",
+    "load_config",
+]
+
+AmpMode = Literal["auto", "bf16", "fp16", "off"]
+LossMode = Literal["binary", "multiclass", "multilabel"]
+Augment = Literal["none", "light", "medium"]
+InputNorm = Literal["none", "encoder"]
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message names the key (e.g. ``optim.lr``)."""
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, how it is prepared and how patients are split."""
+
+    dataset: str = "phantom"  # a registered dataset name (``medseg data list``)
+    root: str | None = None  # raw-data root; None means $MEDSEG_DATA_ROOT
+    size: tuple[int, int] = (64, 64)  # (H, W) every slice is resized to
+    keep_empty: float = 1.0  # fraction of slices without foreground that are kept
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train / val / test, by patient
+    seed: int = 0  # seed of the patient split and of slice subsampling
+    label_fraction: float = 1.0  # fraction of training patients whose labels are used
+    split_file: str | None = None  # a saved split manifest (JSON) overrides fractions and seed
+    augment: Augment = "light"  # training augmentation strength (data.torch_data.train_transform)
+    cache_dir: str | None = None  # prepared-slice cache; None means $MEDSEG_CACHE_DIR
+    options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of prepare_dataset
+
+    def _check(self) -> None:
+        _require(all(s >= 16 for s in self.size), "data.size", self.size, "both sides must be >= 16 pixels")
+        _require(0.0 <= self.keep_empty <= 1.0, "data.keep_empty", self.keep_empty, "must be in [0, 1]")
+        _require(all(f >= 0 for f in self.fractions) and abs(sum(self.fractions) - 1.0) < 1e-6,
+                 "data.fractions", self.fractions, "must be three non-negative numbers summing to 1")
+        _require(self.fractions[0] > 0 and self.fractions[1] > 0, "data.fractions", self.fractions,
+                 "train and val fractions must be > 0")
+        _require(0.0 < self.label_fraction <= 1.0, "data.label_fraction", self.label_fraction,
+                 "must be in (0, 1]")
+
+
+@dataclass
+class ModelConfig:
+    """The network: an smp architecture with a (pretrained) encoder."""
+
+    arch: str = "unet"
+    encoder: str = "efficientnet-lite0"
+    weights: str | None = "imagenet"  # "imagenet", None (random init) or a path to a checkpoint
+    in_channels: int | None = None  # None: the dataset's channel count
+    classes: int | None = None  # output channels; None: 1 for a binary task, else the class count
+    # "none" feeds the prepared slices as they are (z-scored MRI, windowed CT); "encoder" applies the
+    # pretrained encoder's mean/std (models.input_normalization), which assumes 0-1 intensities
+    input_norm: InputNorm = "none"
+    smp_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {decoder_use_norm: identity}
+
+    def _check(self) -> None:
+        _require(self.in_channels is None or self.in_channels >= 1, "model.in_channels", self.in_channels, "must be >= 1")
+        _require(self.classes is None or self.classes >= 1, "model.classes", self.classes, "must be >= 1")
+
+
+@dataclass
+class StrategyConfig:
+    """The transfer-learning strategy (``medseg_tutorial.strategies``) and its parameters."""
+
+    name: str = "full_finetune"  # see medseg_tutorial.strategies.list_strategies()
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def _check(self) -> None:
+        _require(bool(self.name), "strategy.name", self.name, "must not be empty")
+
+
+@dataclass
+class LossConfig:
+    """The loss (``medseg_tutorial.losses.build_loss``)."""
+
+    name: str | None = None  # None: "dice_bce" for a binary task, "dice_ce" otherwise
+    mode: LossMode | None = None  # None: binary for 2 classes, multiclass otherwise
+    weights: list[float] | None = None  # per-class weights, passed as ``class_weights`` (CE-type losses)
+    params: dict[str, Any] = field(default_factory=dict)  # other keyword arguments of build_loss
+
+    def _check(self) -> None:
+        _require(self.weights is None or all(w >= 0 for w in self.weights), "loss.weights", self.weights,
+                 "class weights must be >= 0")
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule (``medseg_tutorial.optim``)."""
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # SGD momentum (ignored by Adam-type optimizers)
+    scheduler: str = "cosine"  # "constant", "cosine", "onecycle", "plateau" (optim.SCHEDULERS)
+    warmup_steps: int = 0  # linear warm-up, in optimizer steps
+    min_lr_ratio: float = 0.01  # the schedule's lowest LR, as a fraction of each group's LR
+    params: dict[str, Any] = field(default_factory=dict)  # more build_optimizer arguments (nesterov, betas)
+    scheduler_params: dict[str, Any] = field(default_factory=dict)  # more build_scheduler arguments
+
+    def _check(self) -> None:
+        _require(self.lr > 0, "optim.lr", self.lr, "must be > 0")
+        _require(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
+        _require(0 <= self.momentum < 1, "optim.momentum", self.momentum, "must be in [0, 1)")
+        _require(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "must be >= 0")
+        _require(0 < self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio, "must be in (0, 1]")
+
+
+@dataclass
+class TrainConfig:
+    """The loop: length, batch, precision, device, reproducibility and stopping."""
+
+    epochs: int = 20
+    batch_size: int = 8  # per process; the global batch is batch_size * world_size * accumulate
+    accumulate: int = 1  # gradient accumulation steps per optimizer step
+    clip_grad: float | None = 1.0  # max global gradient norm; None disables clipping
+    amp: AmpMode = "auto"  # auto: bf16 where supported, else fp16 on CUDA, off on CPU/MPS
+    channels_last: bool = False  # NHWC memory layout (faster convolutions on recent GPUs)
+    compile: bool = False  # torch.compile the model
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
+    num_workers: int = 0  # DataLoader worker processes
+    seed: int = 0  # seed of weights init, shuffling and augmentation
+    deterministic: bool = False  # bitwise-reproducible kernels (slower)
+    patience: int | None = None  # early stopping: epochs without improvement; None disables
+    val_every: int = 1  # validate every N epochs (and always after the last)
+    max_steps_per_epoch: int | None = None  # cap on batches per epoch, for smoke runs
+    checkpoint_every: int | None = None  # also write last.pt every N optimizer steps
+
+    def _check(self) -> None:
+        for key in ("epochs", "batch_size", "accumulate", "val_every"):
+            _require(getattr(self, key) >= 1, f"train.{key}", getattr(self, key), "must be >= 1")
+        for key in ("patience", "max_steps_per_epoch", "checkpoint_every"):
+            value = getattr(self, key)
+            _require(value is None or value >= 1, f"train.{key}", value, "must be >= 1 (or null)")
+        _require(self.clip_grad is None or self.clip_grad > 0, "train.clip_grad", self.clip_grad, "must be > 0 (or null)")
+        _require(self.num_workers >= 0, "train.num_workers", self.num_workers, "must be >= 0")
+        kind = self.device.split(":")[0]
+        _require(kind in ("auto", "cpu", "cuda", "mps"), "train.device", self.device,
+                 "must be auto, cpu, cuda, cuda:N or mps")
+
+
+@dataclass
+class OutputConfig:
+    """Where a run writes its files."""
+
+    # {dataset}, {arch}, {encoder}, {strategy}, {preset} are filled in from the config
+    run_dir: str = "runs/{dataset}-{encoder}-{strategy}"
+    tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
+
+
+@dataclass
+class Config:
+    """One experiment: every section, plus the preset it was built with."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    preset: str | None = None  # informational: the preset that was applied
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], resolve: bool = True) -> Config:
+        """Validate a plain mapping (as read from YAML) into a Config."""
+        cfg = _build(cls, raw, "")
+        return cfg.resolved() if resolve else cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML-friendly mapping (tuples become lists)."""
+        return _plain(dataclasses.asdict(self))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the config as YAML; ``load_config`` reads it back unchanged."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return path
+
+    @property
+    def num_classes(self) -> int:
+        """Label values of the task, background included (2 for a binary task)."""
+        return _dataset_info(self.data.dataset).num_classes
+
+    def resolved(self) -> Config:
+        """A copy with the ``null`` = automatic values filled in from the dataset's registry entry.
+
+        Also checks every name (dataset, encoder, architecture, strategy, loss, optimizer,
+        scheduler) against its registry, so a typo fails here and not an hour into a run.
+        """
+        cfg = copy.deepcopy(self)
+        info = _dataset_info(cfg.data.dataset)
+        if cfg.loss.mode is None:
+            cfg.loss.mode = "binary" if info.num_classes == 2 else "multiclass"
+        if cfg.loss.name is None:
+            cfg.loss.name = "dice_bce" if cfg.loss.mode in ("binary", "multilabel") else "dice_ce"
+        if cfg.model.in_channels is None:
+            cfg.model.in_channels = info.in_channels
+        if cfg.model.classes is None:
+            # one logit channel for a two-class task: what binary losses and decode("binary") expect
+            cfg.model.classes = 1 if cfg.loss.mode == "binary" else info.num_classes
+        if cfg.loss.weights is not None and len(cfg.loss.weights) != info.num_classes:
+            raise ConfigError(
+                f"loss.weights: {len(cfg.loss.weights)} weights given but dataset "
+                f"{cfg.data.dataset!r} has {info.num_classes} classes {info.class_names}"
+            )
+        _check_names(cfg)
+        return cfg
+
+    def format_run_dir(self) -> Path:
+        """``output.run_dir`` with its ``{placeholders}`` filled in."""
+        fields = dict(dataset=self.data.dataset, arch=self.model.arch, encoder=self.model.encoder,
+                      strategy=self.strategy.name, preset=self.preset or "default")
+        try:
+            return Path(self.output.run_dir.format(**fields))
+        except (KeyError, IndexError) as exc:
+            raise ConfigError(f"output.run_dir: unknown placeholder {exc} in {self.output.run_dir!r}; "
+                              f"known: {', '.join('{' + k + '}' for k in fields)}") from None
+
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def find_config(name: str | os.PathLike) -> Path:
+    """Resolve a config path, or a bare name such as ``"hippocampus"`` to a shipped ``configs/*.yaml``."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    here = Path(__file__).resolve().parent
+    stem = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
+    for folder in (Path.cwd() / "configs", here.parent / "configs", here / "configs"):
+        if (folder / stem).is_file():
+            return folder / stem
+    raise FileNotFoundError(f"config {str(name)!r} not found (looked for the file and for configs/{stem})")
+
+
+def load_config(
+    path: str | os.PathLike | dict[str, Any],
+    overrides: list[str] | None = None,
+    preset: str | None = None,
+    resolve: bool = True,
+) -> Config:
+    """Read a YAML config, apply a preset and ``key=value`` overrides, validate it.
+
+    Args:
+        path: a YAML file, a shipped config name (``"phantom"``), or an already-parsed mapping.
+        overrides: dotted assignments such as ``["train.epochs=2", "optim.lr=3e-4"]``; values are
+            parsed as YAML (``null``, ``[128, 128]``, ``true``). ``preset=quick`` selects a preset.
+        preset: name of an entry of the file's ``presets`` mapping (an override wins over this).
+        resolve: fill in automatic values from the dataset registry (needs the dataset registered).
+    """
+    if isinstance(path, dict):
+        raw = copy.deepcopy(path)
+    else:
+        file = find_config(path)
+        raw = yaml.safe_load(file.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{file}: a config must be a mapping of sections, got {type(raw).__name__}")
+    presets = raw.pop("presets", None) or {}
+    if not isinstance(presets, dict):
+        raise ConfigError("presets: must map preset names to partial configs")
+
+    parsed = [_parse_override(o) for o in overrides or []]
+    preset = next((value for key, value in parsed if key == ["preset"]), preset)
+    if preset is not None:
+        if preset not in presets:
+            hint = _did_you_mean(str(preset), presets)
+            raise ConfigError(f"preset: unknown preset {preset!r}{hint}; this config has: {', '.join(presets) or 'none'}")
+        raw = _deep_merge(raw, presets[preset])
+        raw["preset"] = preset
+    for key, value in parsed:
+        if key != ["preset"]:
+            _assign(raw, key, value)
+    return Config.from_dict(raw, resolve=resolve)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like section.key=value, e.g. train.epochs=2")
+    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+
+
+def _assign(raw: dict[str, Any], key: list[str], value: Any) -> None:
+    node = raw
+    for i, part in enumerate(key[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(key[: i + 1])}: is a value, not a section; cannot set {'.'.join(key)}")
+        node = child
+    node[key[-1]] = value
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in (update or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+# --- validation: dataclass type hints are the schema ----------------------------------------------
+
+
+def _require(ok: bool, key: str, value: Any, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {why} (got {value!r})")
+
+
+def _did_you_mean(key: str, choices: Any) -> str:
+    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    """Build dataclass ``cls`` from mapping ``raw``, checking keys and value types."""
+    where = prefix.rstrip(".") or "config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            hint = _did_you_mean(f"{prefix}{key}", [prefix + n for n in names])
+            raise ConfigError(f"{prefix}{key}: unknown key{hint} "
+                              f"(known in {where}: {', '.join(names)})")
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    obj = cls(**kwargs)
+    if hasattr(obj, "_check"):
+        obj._check()
+    return obj
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against type ``tp`` and convert where it is lossless (int -> float, list -> tuple)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: must be one of {', '.join(map(repr, args))} (got {value!r})"
+                              f"{_did_you_mean(str(value), [str(a) for a in args])}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        # PyYAML reads "1e-3" as a string (YAML 1.1 wants "1.0e-3"); accept it, it is what people write
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list ({_type_name(tp)}), got {value!r}")
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} values ({_type_name(tp)}), got {value!r}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        items = [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    raise TypeError(f"config schema: unsupported type {tp!r} for {key}")  # a bug in this module
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is None and hasattr(tp, "__name__"):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+# --- registry lookups -----------------------------------------------------------------------------
+
+
+def _one_of(key: str, value: str, known: Any) -> None:
+    known = sorted(known)
+    if value not in known:
+        raise ConfigError(f"{key}: unknown name {value!r}{_did_you_mean(value, known)} (known: {', '.join(known)})")
+
+
+def _check_names(cfg: Config) -> None:
+    """Names must exist in the registries of the layers below (imported here, lazily)."""
+    import inspect
+
+    from . import losses, strategies
+    from .models import build
+
+    _one_of("model.encoder", cfg.model.encoder, build.ENCODERS)
+    _one_of("model.arch", cfg.model.arch, build.ARCHS)
+    _one_of("strategy.name", cfg.strategy.name, strategies.list_strategies())
+    _one_of("loss.name", cfg.loss.name, losses.LOSSES)
+    loss_cls = losses.LOSSES[cfg.loss.name]
+    if cfg.loss.mode not in loss_cls.modes:
+        raise ConfigError(f"loss.name: {cfg.loss.name!r} does not support mode {cfg.loss.mode!r}; "
+                          f"losses for {cfg.loss.mode}: {', '.join(losses.losses_for_mode(cfg.loss.mode))}")
+    if cfg.loss.weights is not None and "class_weights" not in inspect.signature(loss_cls).parameters:
+        raise ConfigError(f"loss.weights: loss {cfg.loss.name!r} takes no class weights; "
+                          "use a CE-type loss, or loss.params (e.g. pos_weight for BCE)")
+    try:
+        from . import optim
+    except ImportError:  # optimizers are checked when the optimizer is built
+        return
+    for key, value, attr in (("optim.name", cfg.optim.name, "OPTIMIZERS"),
+                             ("optim.scheduler", cfg.optim.scheduler, "SCHEDULERS")):
+        if hasattr(optim, attr):
+            _one_of(key, value, getattr(optim, attr))
+
+
+# --- dataset lookup ------------------------------------------------------------------------------
+
+_IMPORTER_MODULES = ("phantom", "msd", "acdc", "paired")
+
+
+def _dataset_info(name: str):
+    """The registry entry of ``name``; importer modules are imported so that they register."""
+    from .data import registry
+
+    if name not in registry.list_datasets():
+        for module in _IMPORTER_MODULES:  # the data package may not import every importer eagerly
+            try:
+                importlib.import_module(f"medseg_tutorial.data.{module}")
+            except ImportError:
+                pass
+    try:
+        return registry.dataset_info(name)
+    except KeyError:
+        known = registry.list_datasets()
+        raise ConfigError(f"data.dataset: unknown dataset {name!r}{_did_you_mean(name, known)} "
+                          f"(registered: {', '.join(known)})") from None

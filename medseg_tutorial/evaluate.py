@@ -1,0 +1,378 @@
+"""Use a trained checkpoint: score it per patient, draw overlays, segment new images and volumes.
+
+* :func:`evaluate` scores a checkpoint on a split of its dataset (by default the ``test``
+  patients of the split saved next to the checkpoint): one row per patient and class with Dice,
+  IoU and optionally HD95, plus a summary in ``result.attrs``.
+* :func:`save_overlays` draws image | truth | prediction rows into one PNG.
+* :func:`predict_folder` segments PNG/JPEG/TIFF images, :func:`predict_nifti` a NIfTI volume. Both
+  repeat the training preprocessing stored with the checkpoint (intensity normalisation of the
+  dataset, resizing to the training size) and undo the resizing, with nearest-neighbour sampling
+  for the labels, so the output lies on the input's pixel grid.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import Config, _dataset_info
+from .data.preprocess import _pad_or_crop, normalize_case, resize_slices
+from .data.splits import load_split, patient_split
+from .data.types import Case, SliceTable
+from .metrics import per_patient_scores, summarize_scores
+from .models import load_checkpoint, normalize_input
+from .trainer import predict, select_device
+
+__all__ = ["IMAGE_SUFFIXES", "Predictor", "evaluate", "predict_folder", "predict_nifti", "save_overlays"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+# ==================================================================================================
+# A checkpoint ready to predict, with the preprocessing it was trained with
+# ==================================================================================================
+
+
+@dataclass
+class Predictor:
+    """A model from :func:`load_checkpoint` plus everything needed to feed it like in training."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    device: torch.device
+    mode: str  # "binary" or "multiclass": how logits become labels
+    size: tuple[int, int] | None  # (H, W) the model was trained at; None if unknown
+    config: dict[str, Any] = field(default_factory=dict)  # the training config, if stored
+
+    @classmethod
+    def load(cls, checkpoint: str | os.PathLike, device: str = "auto") -> Predictor:
+        model, meta = load_checkpoint(checkpoint)
+        device_ = select_device(device)
+        extra = meta.get("extra", {})
+        config = extra.get("config", {})
+        mode = extra.get("loss_mode") or ("binary" if meta["config"]["classes"] == 1 else "multiclass")
+        size = extra.get("size") or config.get("data", {}).get("size")
+        return cls(model.to(device_).eval(), meta, device_, mode, tuple(size) if size else None, config)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta["class_names"])
+
+    @property
+    def dataset(self) -> str | None:
+        return self.meta.get("provenance", {}).get("dataset")
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The input normalisation stored in the checkpoint (identity for ``input_norm: none``)."""
+        norm = self.meta["normalization"]
+        return normalize_input(x, tuple(norm["mean"]), tuple(norm["std"]))
+
+    def predict_prepared(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Labels (N, H, W) for slices already prepared like the training table (normalised, resized)."""
+        return predict(self.model, images, self.mode, self.device, batch_size, self.normalize)
+
+    def __call__(self, image: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Labels (S, H, W) for native slices ``image`` (S, C, H, W) (raw intensities, any size)."""
+        image = self._match_channels(np.asarray(image, np.float32))
+        if self.dataset is None or self.size is None:
+            raise ValueError("the checkpoint does not store its dataset and training size (it was not written "
+                             "by the trainer); prepare the slices yourself and use predict_prepared")
+        # the intensity normalisation of the training data (CT window, 8-bit scaling, MRI z-score)
+        options = self.config.get("data", {}).get("options", {})
+        info = _dataset_info(self.dataset)
+        kw = {"window": options["window"]} if "window" in options and info.has_raw_hu else {}
+        image = normalize_case(Case("input", image, None), info, **kw).image
+        hw = image.shape[-2:]
+        mode = options.get("resize_mode", "letterbox")
+        prepared, _, _ = resize_slices(image, None, self.size, mode=mode)
+        labels = self.predict_prepared(prepared, batch_size)
+        return restore_size(labels, hw, self.size, mode)
+
+    def _match_channels(self, image: np.ndarray) -> np.ndarray:
+        """Repeat a grey channel for an RGB model, or average colour channels for a grey one."""
+        wanted, have = self.meta["config"]["in_channels"], image.shape[1]
+        if have == wanted:
+            return image
+        if have == 1:
+            return np.repeat(image, wanted, axis=1)
+        if wanted == 1 and have in (3, 4):  # ITU-R 601 luma, alpha dropped
+            return np.tensordot(np.array([0.299, 0.587, 0.114], np.float32), image[:, :3], axes=([0], [1]))[:, None]
+        raise ValueError(f"the model takes {wanted} channels, the image has {have}")
+
+
+def restore_size(labels: np.ndarray, hw: tuple[int, int], size: tuple[int, int], mode: str = "letterbox") -> np.ndarray:
+    """Undo ``resize_slices(..., size, mode)`` for label maps (S, h, w) -> (S, H, W) = ``hw``.
+
+    The padding that letterboxing added is cut away, then labels are resampled nearest-neighbour
+    (pixel centres), so no in-between label values appear.
+    """
+    h, w = int(hw[0]), int(hw[1])
+    if mode == "resize":
+        inner = tuple(size)
+    elif mode == "letterbox":
+        scale = min(size[0] / h, size[1] / w)
+        inner = (min(size[0], max(1, round(h * scale))), min(size[1], max(1, round(w * scale))))
+    elif mode == "pad":
+        inner = (h, w)
+    else:
+        raise ValueError(f"unknown resize mode {mode!r}")
+    labels = _pad_or_crop(labels, inner, 0)  # the centred region that held the image
+    if inner != (h, w):
+        t = torch.from_numpy(np.ascontiguousarray(labels[:, None], np.uint8))
+        labels = F.interpolate(t, size=(h, w), mode="nearest-exact")[:, 0].numpy()
+    return labels.astype(np.uint8, copy=False)
+
+
+# ==================================================================================================
+# Scores per patient
+# ==================================================================================================
+
+
+def evaluate(
+    checkpoint: str | os.PathLike,
+    data: Config | SliceTable | None = None,
+    split: str | Sequence[str] = "test",
+    *,
+    device: str = "auto",
+    batch_size: int = 32,
+    slice_spacing: float | None = None,
+) -> pd.DataFrame:
+    """Score ``checkpoint`` per patient and class on one split.
+
+    Args:
+        checkpoint: a ``best.pt`` written by the trainer (or any checkpoint of ``save_checkpoint``).
+        data: a :class:`Config` (its dataset is prepared as for training), a prepared
+            :class:`SliceTable`, or ``None`` for the config stored in the checkpoint.
+        split: ``"train"``, ``"val"``, ``"test"``, ``"all"``, or a list of patient ids. The split
+            is read from ``split.json`` beside the checkpoint when it exists, so the test patients are
+            exactly those held out in training; otherwise it is recomputed from the config.
+        slice_spacing: millimetres between slices; when given, HD95 is computed (on 3-D volumes).
+
+    Returns:
+        One row per patient x foreground class: ``patient_id, class, class_name, dice, iou, [hd95],
+        tp, fp, fn``. ``result.attrs["summary"]`` holds :func:`summarize_scores` (mean and std per
+        class) and ``result.attrs["mean_dice"]`` the mean foreground Dice.
+    """
+    predictor = Predictor.load(checkpoint, device)
+    if data is None:
+        if not predictor.config:
+            raise ValueError(f"{checkpoint} stores no training config; pass a Config or a SliceTable")
+        data = Config.from_dict(predictor.config)
+    table = data if isinstance(data, SliceTable) else _prepare(data)
+    if table.info.num_classes != len(predictor.class_names):
+        raise ValueError(f"the checkpoint has classes {predictor.class_names}, the data {table.info.class_names}")
+
+    patients = _split_patients(table, split, checkpoint, data if isinstance(data, Config) else None, predictor)
+    rows = table.rows_for(patients)
+    if len(rows) == 0:
+        raise ValueError(f"no slices for split {split!r} in dataset {table.info.name!r}")
+    preds = predictor.predict_prepared(table.images[rows], batch_size)
+    scores = per_patient_scores(
+        preds, table.masks[rows], table.patient_ids[rows], table.info.num_classes,
+        spacing=table.spacing[rows] if slice_spacing is not None else None, slice_index=table.slice_index[rows],
+        class_names=table.info.class_names, slice_spacing=slice_spacing,
+    )
+    summary = summarize_scores(scores)
+    scores.attrs.update(summary=summary, mean_dice=summary.attrs["mean_dice"], split=split if isinstance(split, str)
+                        else "custom", checkpoint=str(checkpoint))
+    return scores
+
+
+def _prepare(cfg: Config) -> SliceTable:
+    from .data.prepare import prepare_dataset
+
+    dc = cfg.data
+    return prepare_dataset(dc.dataset, root=dc.root, size=dc.size, keep_empty=dc.keep_empty, cache_dir=dc.cache_dir,
+                           seed=dc.seed, progress=False, **dc.options)
+
+
+def _split_patients(
+    table: SliceTable, split: str | Sequence[str], checkpoint: str | os.PathLike, cfg: Config | None,
+    predictor: Predictor,
+) -> list[str]:
+    if not isinstance(split, str):
+        return [str(p) for p in split]
+    if split == "all":
+        return table.patients
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be train, val, test, all or a list of patient ids, got {split!r}")
+    saved = Path(checkpoint).parent / "split.json"
+    if saved.is_file():
+        return list(getattr(load_split(saved), split))
+    if cfg is None and predictor.config:
+        cfg = Config.from_dict(predictor.config)
+    if cfg is not None and cfg.data.split_file:
+        return list(getattr(load_split(cfg.data.split_file), split))
+    fractions, seed = (cfg.data.fractions, cfg.data.seed) if cfg is not None else ((0.7, 0.15, 0.15), 0)
+    return list(getattr(patient_split(table, fractions, seed=seed), split))
+
+
+# ==================================================================================================
+# Overlays
+# ==================================================================================================
+
+_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"]
+
+
+def save_overlays(
+    images: np.ndarray,
+    masks: np.ndarray,
+    preds: np.ndarray,
+    path: str | os.PathLike,
+    n: int = 8,
+    channel: int = 0,
+    class_names: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Save ``n`` rows of image | truth | prediction as one PNG; returns the path.
+
+    ``images`` (N, C, H, W) or (N, H, W); ``masks`` and ``preds`` (N, H, W) label maps. Rows are
+    spread evenly over the slices that show any foreground in truth or prediction (the informative
+    ones), topped up with empty slices when there are fewer than ``n``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    images = np.asarray(images)
+    images = images[:, channel] if images.ndim == 4 else images
+    masks, preds = np.asarray(masks), np.asarray(preds)
+    if not (len(images) == len(masks) == len(preds)) or images.shape[-2:] != masks.shape[-2:] != preds.shape[-2:]:
+        raise ValueError(f"shapes differ: images {images.shape}, masks {masks.shape}, preds {preds.shape}")
+    picks = _pick_slices(masks, preds, n)
+    n_classes = max(int(max(masks.max(initial=0), preds.max(initial=0))) + 1, len(class_names or ()))
+    cmap = ListedColormap(_COLOURS[: max(1, n_classes - 1)])
+
+    # the object-oriented API: no pyplot state, no global backend switch (safe inside notebooks)
+    fig = Figure(figsize=(7.5, 2.5 * len(picks)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(picks), 3, squeeze=False)
+    for row, i in zip(axes, picks):
+        for ax, labels, label in zip(row, (None, masks[i], preds[i]), ("image", "truth", "prediction")):
+            ax.imshow(images[i], cmap="gray", interpolation="nearest")
+            if labels is not None:
+                shown = np.ma.masked_equal(labels, 0)  # background stays transparent
+                ax.imshow(shown - 1, cmap=cmap, vmin=0, vmax=max(1, n_classes - 2), alpha=0.5,
+                          interpolation="nearest")
+            ax.set_title(f"{label} (slice {i})", fontsize=9)
+            ax.axis("off")
+    if class_names is not None:
+        handles = [Patch(color=_COLOURS[(c - 1) % len(_COLOURS)], label=class_names[c]) for c in range(1, len(class_names))]
+        fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8)
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _pick_slices(masks: np.ndarray, preds: np.ndarray, n: int) -> list[int]:
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    shown = np.flatnonzero((masks.reshape(len(masks), -1) > 0).any(1) | (preds.reshape(len(preds), -1) > 0).any(1))
+    if len(shown) < n:
+        empty = np.setdiff1d(np.arange(len(masks)), shown)
+        shown = np.sort(np.concatenate([shown, empty[: n - len(shown)]]))
+    if len(shown) > n:
+        shown = shown[np.unique(np.linspace(0, len(shown) - 1, n).round().astype(int))]
+    return shown.tolist()
+
+
+# ==================================================================================================
+# New images and volumes
+# ==================================================================================================
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """A 2-D image file as float32 (1, C, H, W)."""
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        array = tifffile.imread(path)
+    else:
+        from PIL import Image
+
+        with Image.open(path) as img:
+            array = np.asarray(img.convert("RGB") if img.mode in ("P", "CMYK", "YCbCr") else img)
+    array = np.asarray(array, np.float32)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3:
+        raise ValueError(f"{path}: expected a 2-D image (H, W[, C]), got shape {array.shape}")
+    if array.shape[-1] == 4:
+        array = array[..., :3]  # drop alpha
+    return np.ascontiguousarray(array.transpose(2, 0, 1)[None])
+
+
+def predict_folder(
+    checkpoint: str | os.PathLike,
+    folder: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    device: str = "auto",
+    exclude: str = "_mask",
+    batch_size: int = 32,
+) -> list[Path]:
+    """Segment every PNG/JPEG/TIFF in ``folder``; write ``out_dir/<name>.png`` label maps (uint8).
+
+    Files whose stem ends with ``exclude`` (masks stored beside their images) are skipped. Each
+    image is normalised with its dataset's method on its own: for MRI z-scoring that is per slice,
+    whereas training z-scored whole volumes, so expect slightly different intensities.
+    """
+    folder, out_dir = Path(folder), Path(out_dir)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                   and not (exclude and p.stem.endswith(exclude)))
+    if not files:
+        raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} images in {folder}")
+    from PIL import Image
+
+    predictor = Predictor.load(checkpoint, device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in files:
+        labels = predictor(_read_image(path), batch_size)[0]
+        out = out_dir / f"{path.stem}.png"
+        Image.fromarray(labels.astype(np.uint8)).save(out)
+        written.append(out)
+    return written
+
+
+def predict_nifti(
+    checkpoint: str | os.PathLike,
+    in_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    device: str = "auto",
+    batch_size: int = 32,
+) -> Path:
+    """Segment a NIfTI volume slice by slice (along its last axis); write a uint8 label volume.
+
+    The output has the input's shape (x, y, z) and affine, so viewers overlay it on the input.
+    """
+    import nibabel as nib
+
+    from .data._io import read_nifti_image
+
+    in_path, out_path = Path(in_path), Path(out_path)
+    image, _ = read_nifti_image(in_path)  # (S, C, H, W): slices along z, rows = y, cols = x
+    labels = Predictor.load(checkpoint, device)(image, batch_size)
+    source = nib.load(in_path)
+    volume = np.ascontiguousarray(labels.transpose(2, 1, 0)).astype(np.uint8)  # back to (x, y, z)
+    out = nib.Nifti1Image(volume, source.affine)
+    out.set_qform(source.affine, code=int(source.header["qform_code"]) or 1)
+    out.set_sform(source.affine, code=int(source.header["sform_code"]) or 1)
+    out.header.set_xyzt_units(*source.header.get_xyzt_units())
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(out, out_path)
+    return out_path
