@@ -44,6 +44,7 @@ __all__ = [
 AmpMode = Literal["auto", "bf16", "fp16", "off"]
 LossMode = Literal["binary", "multiclass", "multilabel"]
 Augment = Literal["none", "light", "medium"]
+AugmentOn = Literal["cpu", "device"]
 InputNorm = Literal["none", "encoder"]
 
 
@@ -67,6 +68,9 @@ class DataConfig:
     label_fraction: float = 1.0  # fraction of training patients whose labels are used
     split_file: str | None = None  # a saved split manifest (JSON) overrides fractions and seed
     augment: Augment = "light"  # training augmentation strength (data.torch_data.train_transform)
+    # "cpu": albumentations in the DataLoader; "device": the training slices are kept on the training
+    # device and augmented there in batches (data.gpu_augment; same distributions, for small 2-D datasets)
+    augment_on: AugmentOn = "cpu"
     cache_dir: str | None = None  # prepared-slice cache; None means $MEDSEG_CACHE_DIR
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of prepare_dataset
 

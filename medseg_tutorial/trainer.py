@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 from ._version import __version__
 from .activations import decode
 from .config import Config, load_config
+from .data.gpu_augment import DeviceAugment, DeviceBatchIterator
 from .data.prepare import prepare_dataset
 from .data.splits import Split, label_fraction, load_split, patient_split, save_split
 from .data.torch_data import SegmentationDataset, eval_transform, seed_worker, train_transform
@@ -157,7 +158,7 @@ def train(
     log = RunLog(run_dir, cfg, dist_info, show)
 
     # --- data, model, optimizer ----------------------------------------------------------------------
-    data = build_data(cfg, dist_info, show)
+    data = build_data(cfg, dist_info, show, device=device)
     seed_everything(tc.seed)  # right before the weights are drawn: a cache miss or hit cannot shift them
     model, plan = build_network(cfg, device)
     normalize = input_normalizer(cfg, device)
@@ -341,12 +342,15 @@ class TrainData:
     split: Split
     train_rows: np.ndarray  # table rows of the (label-fraction) training patients
     val_rows: np.ndarray
-    loader: DataLoader
+    loader: DataLoader | DeviceBatchIterator  # the second with data.augment_on=device
     seed: int
     rank: int
 
     def start_epoch(self, epoch: int) -> None:
         """Make the shuffle order and augmentations of ``epoch`` a function of (seed, epoch, rank) alone."""
+        if isinstance(self.loader, DeviceBatchIterator):
+            self.loader.set_epoch(epoch)  # the same sampler permutation; a device generator for augmentation
+            return
         self.loader.sampler.set_epoch(epoch)  # same permutation on every rank; each takes its share
         epoch_seed = int(np.random.SeedSequence([self.seed, epoch, self.rank]).generate_state(1)[0])
         self.loader.generator.manual_seed(epoch_seed)  # seeds the loader's worker processes
@@ -355,8 +359,14 @@ class TrainData:
             transform.set_random_seed(epoch_seed)  # with workers, seed_worker does this per worker
 
 
-def build_data(cfg: Config, dist_info: DistInfo, show: bool = False) -> TrainData:
-    """Prepare (or load the cached) slices, split patients, and build the training loader."""
+def build_data(
+    cfg: Config, dist_info: DistInfo, show: bool = False, device: torch.device | None = None
+) -> TrainData:
+    """Prepare (or load the cached) slices, split patients, and build the training loader.
+
+    With ``data.augment_on=device`` the loader is a :class:`DeviceBatchIterator` holding the
+    training slices on ``device`` (default: ``select_device(train.device)``).
+    """
     dc, tc = cfg.data, cfg.train
     if not dist_info.is_main:
         barrier(dist_info)  # let rank 0 fill the cache first; the others then read it
@@ -374,6 +384,14 @@ def build_data(cfg: Config, dist_info: DistInfo, show: bool = False) -> TrainDat
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise ValueError(f"empty split: {len(train_rows)} training and {len(val_rows)} validation slices")
 
+    if dc.augment_on == "device":
+        n_share = math.ceil(len(train_rows) / dist_info.world_size)  # what DistributedSampler gives a rank
+        loader = DeviceBatchIterator(
+            table, train_rows, tc.batch_size, device if device is not None else select_device(tc.device),
+            shuffle=True, drop_last=n_share > tc.batch_size, seed=tc.seed,
+            augment=None if dc.augment == "none" else DeviceAugment(dc.size, dc.augment),
+            num_replicas=dist_info.world_size, rank=dist_info.rank)
+        return TrainData(table, split, train_rows, val_rows, loader, seed=tc.seed, rank=dist_info.rank)
     transform = eval_transform() if dc.augment == "none" else train_transform(dc.size, strength=dc.augment)
     dataset = SegmentationDataset(table, train_rows, transform)
     sampler = train_sampler(dataset, dist_info, seed=tc.seed)

@@ -5,6 +5,7 @@ from .acdc import acdc_official_split, read_acdc_h5, read_acdc_nifti, read_info_
 from .check import CheckReport, Problem, check_dataset, summarize_dataset
 from .download import fetch_msd, msd_task_name
 from .errors import DataError
+from .gpu_augment import DeviceAugment, DeviceBatchIterator, affine_theta
 from .msd import msd_info, read_msd_task, register_msd_task
 from .paired import read_paired_folder
 from .phantom import PHANTOM_INFO, make_phantom_case, phantom_cases
@@ -62,12 +63,15 @@ __all__ = [
     "CheckReport",
     "DataError",
     "DatasetInfo",
+    "DeviceAugment",
+    "DeviceBatchIterator",
     "Problem",
     "ScaleShiftIntensity",
     "SegmentationDataset",
     "SliceTable",
     "Split",
     "acdc_official_split",
+    "affine_theta",
     "cache_path",
     "check_dataset",
     "ct_window",
