@@ -45,6 +45,7 @@ AmpMode = Literal["auto", "bf16", "fp16", "off"]
 LossMode = Literal["binary", "multiclass", "multilabel"]
 Augment = Literal["none", "light", "medium"]
 AugmentOn = Literal["cpu", "device"]
+SplitMode = Literal["patient", "slice"]
 InputNorm = Literal["none", "encoder"]
 
 
@@ -71,6 +72,10 @@ class DataConfig:
     # "cpu": albumentations in the DataLoader; "device": the training slices are kept on the training
     # device and augmented there in batches (data.gpu_augment; same distributions, for small 2-D datasets)
     augment_on: AugmentOn = "cpu"
+    # "patient": whole patients are held out for validation (correct). "slice": validation slices are
+    # drawn at random from the training patients' volumes -- WRONG ON PURPOSE, for the leakage chapter.
+    # The test patients are held out in both modes.
+    split_mode: SplitMode = "patient"
     cache_dir: str | None = None  # prepared-slice cache; None means $MEDSEG_CACHE_DIR
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of prepare_dataset
 

@@ -381,6 +381,8 @@ def build_data(
     train_patients = label_fraction(split.train, dc.label_fraction, seed=dc.seed) if dc.label_fraction < 1 \
         else split.train
     train_rows, val_rows = table.rows_for(train_patients), table.rows_for(split.val)
+    if dc.split_mode == "slice":
+        train_rows, val_rows = leaky_slice_split(np.concatenate([train_rows, val_rows]), len(val_rows), dc.seed)
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise ValueError(f"empty split: {len(train_rows)} training and {len(val_rows)} validation slices")
 
@@ -402,6 +404,16 @@ def build_data(
         drop_last=len(sampler) > tc.batch_size,
     )
     return TrainData(table, split, train_rows, val_rows, loader, seed=tc.seed, rank=dist_info.rank)
+
+
+def leaky_slice_split(rows: np.ndarray, n_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``n_val`` validation slices at random from ``rows``: the WRONG split of chapter 3.
+
+    Neighbouring slices of one volume look alike, so a model validated this way is scored on
+    near-copies of its training images and the validation Dice is inflated.
+    """
+    shuffled = np.random.default_rng(seed).permutation(rows)
+    return np.sort(shuffled[n_val:]), np.sort(shuffled[:n_val])
 
 
 def batches_per_epoch(n_batches: int, accumulate: int, max_steps: int | None) -> int:

@@ -247,3 +247,21 @@ def test_predict_returns_label_maps() -> None:
     assert out.shape == (5, 16, 16) and out.dtype == np.uint8 and out.max() <= 2
     binary = predict(nn.Conv2d(1, 1, 1), images, "binary", torch.device("cpu"))
     assert set(np.unique(binary)) <= {0, 1}
+
+
+def test_slice_split_mode_leaks_patients_but_keeps_test_patients_out() -> None:
+    from medseg_tutorial.config import load_config
+    from medseg_tutorial.distributed import DistInfo
+    from medseg_tutorial.trainer import build_data
+
+    base = ["preset=smoke", "train.device=cpu"]
+    honest = build_data(load_config("configs/phantom.yaml", base), DistInfo())
+    leaky = build_data(load_config("configs/phantom.yaml", [*base, "data.split_mode=slice"]), DistInfo())
+    ids = leaky.table.patient_ids
+    # slice mode: validation patients also appear in training; patient mode: never
+    assert set(ids[leaky.val_rows]) & set(ids[leaky.train_rows])
+    assert not set(ids[honest.val_rows]) & set(ids[honest.train_rows])
+    # same number of validation slices, and the test patients stay out of both modes
+    assert len(leaky.val_rows) == len(honest.val_rows)
+    used = set(ids[np.concatenate([leaky.train_rows, leaky.val_rows])])
+    assert not used & set(leaky.split.test)
