@@ -37,7 +37,8 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     s = sub.add_parser("summary", help="counts, shapes and class frequencies of a registered dataset")
     s.add_argument("name")
     s.add_argument("--root")
-    sub.add_parser("list", help="registered datasets and whether they are present locally")
+    lst = sub.add_parser("list", help="registered datasets, their licences and whether they are present locally")
+    lst.add_argument("--root")
     f = sub.add_parser("fetch", help="download a dataset, or explain how to obtain it")
     f.add_argument("name")
     f.add_argument("--root")
@@ -46,6 +47,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 @command("data", "inspect, check and fetch datasets", _data_args)
 def _data(args: argparse.Namespace) -> int:
     from . import data
+    from .data import catalog
 
     if args.data_cmd == "check":
         report = data.check_dataset(args.target, root=args.root)
@@ -56,12 +58,193 @@ def _data(args: argparse.Namespace) -> int:
             print(f"{key:>16}: {value}")
         return 0
     if args.data_cmd == "list":
-        print(data.format_dataset_list())
+        print(catalog.format_dataset_list(args.root))
         return 0
     if args.data_cmd == "fetch":
-        print(data.fetch_dataset(args.name, root=args.root))
+        print(catalog.fetch_dataset(args.name, root=args.root))
         return 0
     raise AssertionError(args.data_cmd)
+
+
+# --- medseg train / evaluate / predict -------------------------------------------------------------
+
+
+def _set_threads(threads: int | None) -> None:
+    """On a shared CPU, fewer torch threads can be much faster (threads spin-wait for each other)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("items", nargs="*", metavar="[CONFIG] KEY=VALUE",
+                   help="overrides such as preset=quick train.epochs=3 (a config path may come first)")
+    p.add_argument("--config", help="a YAML config (configs/*.yaml) or a shipped name such as phantom")
+    p.add_argument("--run-dir", help="output folder (default: output.run_dir of the config)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last.pt")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars (default: when the terminal shows them)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+
+
+@command("train", "train one model from a YAML config", _train_args)
+def _train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .trainer import train
+
+    items = list(args.items)
+    config = args.config or (items.pop(0) if items and "=" not in items[0] else None)
+    if config is None:
+        raise ValueError("no config: pass --config FILE.yaml (or a shipped name such as phantom)")
+    cfg = load_config(config, items)
+    _set_threads(args.threads)
+    result = train(cfg, args.run_dir, resume=args.resume, progress=args.progress)
+    print(f"run {result.run_dir}: best validation Dice {result.best_score:.4f} at epoch {result.best_epoch}, "
+          f"{result.epochs_run} epochs in {result.wall_time:.0f}s; best checkpoint {result.best_checkpoint}")
+    return 0
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--run-dir", type=Path, help="a run folder written by `medseg train` (uses its best.pt)")
+    where.add_argument("--checkpoint", type=Path, help="a checkpoint file (best.pt)")
+    p.add_argument("--split", default="test", help="train, val, test or all (default: test)")
+    p.add_argument("--out", type=Path, help="per-patient CSV (default: <run dir>/eval_<split>.csv)")
+    p.add_argument("--overlays", type=int, default=0, metavar="N",
+                   help="also save N image | truth | prediction rows as <run dir>/overlays_<split>.png")
+    p.add_argument("--slice-spacing", type=float, help="mm between slices: also compute HD95")
+    p.add_argument("--device", default="auto")
+
+
+@command("evaluate", "score a trained model per patient on a split of its dataset", _evaluate_args)
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    checkpoint = args.checkpoint or args.run_dir / "best.pt"
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"no checkpoint at {checkpoint}")
+    scores = evaluate(checkpoint, None, args.split, device=args.device, slice_spacing=args.slice_spacing)
+    summary = scores.attrs["summary"]
+    print(f"{checkpoint}: {args.split} split, {scores['patient_id'].nunique()} patients, "
+          f"mean foreground Dice {scores.attrs['mean_dice']:.4f} (mean +- std over patients)")
+    print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    out = args.out or checkpoint.parent / f"eval_{args.split}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scores.to_csv(out, index=False)
+    print(f"per-patient scores: {out}")
+    if args.overlays:
+        print(f"overlays: {_save_split_overlays(checkpoint, args.split, args.overlays, args.device)}")
+    return 0
+
+
+def _save_split_overlays(checkpoint: Path, split: str, n: int, device: str) -> Path:
+    """Image | truth | prediction rows for ``n`` slices of ``split`` (the patients of split.json)."""
+    from .config import Config
+    from .data.prepare import prepare_dataset
+    from .data.splits import load_split, patient_split
+    from .evaluate import Predictor, save_overlays
+
+    predictor = Predictor.load(checkpoint, device)
+    dc = Config.from_dict(predictor.config).data
+    table = prepare_dataset(dc.dataset, root=dc.root, size=dc.size, keep_empty=dc.keep_empty,
+                            cache_dir=dc.cache_dir, seed=dc.seed, progress=False, **dc.options)
+    saved = checkpoint.parent / "split.json"
+    subsets = load_split(saved) if saved.is_file() else patient_split(table, dc.fractions, seed=dc.seed)
+    rows = table.rows_for(table.patients if split == "all" else getattr(subsets, split))
+    preds = predictor.predict_prepared(table.images[rows])
+    return save_overlays(table.images[rows], table.masks[rows], preds, checkpoint.parent / f"overlays_{split}.png",
+                         n=n, class_names=predictor.class_names, title=f"{table.info.name}, {split} split")
+
+
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", type=Path, required=True, help="a best.pt written by `medseg train`")
+    p.add_argument("input", type=Path, help="a folder of PNG/JPEG/TIFF images, or a NIfTI volume (.nii, .nii.gz)")
+    p.add_argument("out", type=Path, help="output folder (images) or file or folder (NIfTI)")
+    p.add_argument("--device", default="auto")
+
+
+@command("predict", "segment new images (a folder) or a NIfTI volume with a trained model", _predict_args)
+def _predict(args: argparse.Namespace) -> int:
+    from .evaluate import predict_folder, predict_nifti
+
+    if args.input.is_dir():
+        written = predict_folder(args.checkpoint, args.input, args.out, device=args.device)
+        print(f"wrote {len(written)} label maps to {args.out}")
+        return 0
+    if args.input.name.endswith((".nii", ".nii.gz")):
+        out = args.out
+        if out.is_dir() or not out.name.endswith((".nii", ".nii.gz")):  # a folder: name the file after the input
+            out = out / args.input.name.replace(".nii", "_seg.nii", 1)
+        print(f"wrote {predict_nifti(args.checkpoint, args.input, out, device=args.device)}")
+        return 0
+    raise FileNotFoundError(f"{args.input} is neither a folder of images nor a NIfTI file (.nii, .nii.gz)")
+
+
+# --- medseg experiment / bench ---------------------------------------------------------------------
+
+
+def _experiment_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", help="an experiment name (configs/experiments/NAME.yaml) or a YAML path")
+    p.add_argument("--preset", help="cpu or gpu (default: gpu when CUDA is available, else cpu)")
+    p.add_argument("--smoke", action="store_true",
+                   help="one combination, two steps on 32 px slices, into a temporary folder (a check that it runs)")
+    p.add_argument("--results", type=Path, help="results CSV (default: the preset's, e.g. book/results/NAME.csv)")
+    p.add_argument("--run-root", type=Path, help="folder of the run folders (default: <cache>/experiments/NAME/PRESET)")
+    p.add_argument("--dry-run", action="store_true", help="validate every config and list the runs, done or pending")
+    p.add_argument("--list", action="store_true", help="list the shipped experiments")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--threads", type=int, help="torch CPU threads (on a busy CPU, 1 can be much faster)")
+
+
+@command("experiment", "run a grid of training runs and append one row per run to a results table",
+         _experiment_args)
+def _experiment(args: argparse.Namespace) -> int:
+    from .experiment import list_experiments, run_experiment
+
+    if args.list or not args.name:
+        print("\n".join(list_experiments()))
+        return 0 if args.list else 2
+    _set_threads(args.threads)
+    report = run_experiment(args.name, args.preset, smoke=args.smoke, results=args.results, run_root=args.run_root,
+                            dry_run=args.dry_run, progress=args.progress)
+    print(report.summary())
+    for run_id, error in report.failed.items():
+        print(f"  failed {run_id}: {error}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--encoder", default="efficientnet-lite0", help="e.g. efficientnet-lite0, resnet34")
+    p.add_argument("--arch", default="unet")
+    p.add_argument("--dataset", default="phantom", help="a registered dataset (default: the offline phantom)")
+    p.add_argument("--size", type=int, help="slice side in pixels (default 256 on CUDA, 64 on CPU)")
+    p.add_argument("--batch-size", type=int, help="default 32 on CUDA, 8 on CPU")
+    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"))
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--compile", action="store_true", help="torch.compile the trainer's model")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--json", type=Path, help="also write the report as JSON")
+
+
+@command("bench", "training throughput: our trainer step vs a plain smp + albumentations loop", _bench_args)
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import BenchConfig, format_report, run_bench, save_report
+
+    bc = BenchConfig(device=args.device, encoder=args.encoder, arch=args.arch, dataset=args.dataset, size=args.size,
+                     batch_size=args.batch_size, amp=args.amp, channels_last=args.channels_last,
+                     compile=args.compile, num_workers=args.num_workers, repeats=args.repeats, steps=args.steps,
+                     warmup=args.warmup, threads=args.threads)
+    report = run_bench(bc, progress=lambda line: print(line, file=sys.stderr))
+    print(format_report(report))
+    if args.json:
+        print(f"JSON: {save_report(report, args.json)}")
+    return 0
 
 
 # --- medseg course ... -------------------------------------------------------------------------

@@ -1,0 +1,603 @@
+"""Grids of training runs -> one results table (CSV) per experiment: the numbers the book plots.
+
+An experiment is one YAML file in ``configs/experiments/``::
+
+    name: data_efficiency
+    config:                       # the training config every run shares (sections as in configs/*.yaml)
+      data: {dataset: msd_hippocampus, size: [64, 64]}
+      model: {encoder: efficientnet-lite0, weights: imagenet}
+    grid:                         # one run per combination of the axes' values
+      train.seed: [0, 1, 2]
+      data.label_fraction: [0.05, 0.25, 1.0]
+      strategy.name:              # a value may be a mapping that sets several keys together
+        - {strategy.name: scratch, model.weights: null}
+        - full_finetune
+    presets:                      # per-hardware sizes and the table each writes
+      cpu: {results: book/results/data_efficiency.csv, config: {train: {epochs: 6}}}
+      gpu: {results: book/results/gpu/data_efficiency.csv, config: {data: {size: [128, 128]}}}
+    smoke: {data.dataset: phantom} # extra overrides of the grid's runs in --smoke mode (not of sources)
+    sources:                      # optional: pretraining runs that `model.weights: source:NAME` names
+      acdc: {data: {dataset: acdc}, loss: {name: null}}
+    lr_finder: {num_iter: 50}     # optional: settings of `optim.lr: find`
+
+Each run trains in its own folder under the cache (``<cache>/experiments/<name>/<preset>/<run_id>``,
+never in the repository), then its best checkpoint (chosen on validation) is scored once on the
+fixed patient-level test split, and ONE row is appended to the results CSV. ``run_id`` is a hash of
+the run's complete config mapping, so re-running a sweep skips the rows already in the table and
+resumes a run that was interrupted half-way. A row deleted from the table is written again from
+its finished run folder; delete the run folder as well to train that run afresh.
+
+Two special values:
+
+* ``model.weights: source:NAME`` first trains the ``sources: NAME`` config (e.g. ACDC) and starts
+  the run from its best checkpoint (cached under the cache dir, shared by all runs that use it);
+* ``optim.lr: find`` runs the LR range test (``optim.lr_range_test``) on the run's data and model and
+  trains with the suggested learning rate (recorded in the ``lr`` column).
+
+``--smoke`` runs one combination (the first value of every axis) for two steps on 32 px slices,
+into a temporary folder: a check, for CI, that every experiment file still runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import itertools
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from . import __version__
+from ._paths import cache_dir
+from .config import Config, ConfigError, load_config
+
+__all__ = [
+    "SMOKE_OVERRIDES",
+    "Experiment",
+    "ExperimentReport",
+    "RunSpec",
+    "append_row",
+    "check_config",
+    "cpu_name",
+    "evaluate_test",
+    "expand_grid",
+    "find_experiment",
+    "find_lr",
+    "list_experiments",
+    "load_experiment",
+    "read_rows",
+    "run_experiment",
+    "run_id",
+    "source_name",
+    "source_raw",
+]
+
+# Smoke runs: a couple of steps of a shallow network on tiny slices, on the CPU.
+SMOKE_OVERRIDES: dict[str, Any] = {
+    "data.size": [32, 32],
+    "data.augment": "none",
+    "model.smp_kwargs": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
+    "train.epochs": 1,
+    "train.max_steps_per_epoch": 2,
+    "train.batch_size": 4,
+    "train.device": "cpu",
+    "train.amp": "off",
+    "train.compile": False,
+    "train.num_workers": 0,
+    "train.patience": None,
+    "output.tensorboard": False,
+}
+SMOKE_LR_FINDER = {"num_iter": 4}
+LR_FINDER_DEFAULTS = {"start_lr": 1e-6, "end_lr": 1.0, "num_iter": 50, "suggest": "steepest"}
+SOURCE_PREFIX = "source:"
+FIND_LR = "find"
+
+# Columns of the results table, in this order; test_dice_<class> columns follow test_dice.
+COLUMNS = (
+    "experiment", "run_id", "preset", "dataset", "strategy", "encoder", "weights", "label_fraction",
+    "n_train_patients", "seed", "loss", "loss_mode", "optimizer", "lr", "split", "n_test_patients", "test_dice",
+)
+TAIL_COLUMNS = (
+    "val_dice_best", "best_epoch", "epochs", "wall_time_s", "hardware", "commit", "package_version", "config",
+)
+
+
+# ==================================================================================================
+# Experiment files
+# ==================================================================================================
+
+
+@dataclass
+class Experiment:
+    """One experiment file with a preset applied."""
+
+    name: str
+    path: Path
+    preset: str | None
+    config: dict[str, Any]  # training config mapping shared by all runs (base file + config + preset)
+    grid: dict[str, list[Any]]  # axis -> values
+    results: Path | None  # the CSV this preset writes
+    description: str = ""
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> config sections
+    smoke: dict[str, Any] = field(default_factory=dict)  # extra dotted overrides in smoke mode
+    lr_finder: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunSpec:
+    """One run of the grid: its overrides, its complete config mapping and its id."""
+
+    run_id: str
+    overrides: dict[str, Any]  # dotted key -> value, what distinguishes this run
+    raw: dict[str, Any]  # the complete config mapping (before ``load_config``)
+
+
+def _search_folders() -> list[Path]:
+    here = Path(__file__).resolve().parent
+    return [Path.cwd() / "configs" / "experiments", here.parent / "configs" / "experiments",
+            here / "configs" / "experiments"]
+
+
+def find_experiment(name: str | os.PathLike) -> Path:
+    """An experiment file: a path, or a name such as ``"data_efficiency"`` in ``configs/experiments/``."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    stem = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
+    for folder in _search_folders():
+        if (folder / stem).is_file():
+            return folder / stem
+    known = ", ".join(list_experiments()) or "none found"
+    raise FileNotFoundError(f"experiment {str(name)!r} not found (known: {known})")
+
+
+def list_experiments() -> list[str]:
+    """Names of the experiment files shipped in ``configs/experiments/``."""
+    return sorted({p.stem for folder in _search_folders() if folder.is_dir() for p in folder.glob("*.yaml")})
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any] | None) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in (update or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """``raw["a"]["b"] = value`` for ``dotted == "a.b"``."""
+    *parents, last = dotted.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {part} is a value, not a section")
+    node[last] = copy.deepcopy(value)
+
+
+def _get(raw: dict[str, Any], dotted: str, default: Any = None) -> Any:
+    node: Any = raw
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _project_root(path: Path) -> Path:
+    """The folder holding ``configs/`` when the file is in ``<root>/configs/experiments``, else the cwd."""
+    path = path.resolve()
+    return path.parents[2] if path.parent.name == "experiments" and path.parent.parent.name == "configs" else Path.cwd()
+
+
+def default_preset() -> str:
+    """``gpu`` when CUDA is available, else ``cpu``."""
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def load_experiment(name: str | os.PathLike, preset: str | None = None) -> Experiment:
+    """Read an experiment file and apply ``preset`` (default: ``gpu`` with CUDA, else ``cpu``)."""
+    path = find_experiment(name)
+    spec = yaml.safe_load(path.read_text()) or {}
+    known = {"name", "description", "base", "base_preset", "config", "grid", "presets", "sources", "smoke",
+             "lr_finder", "results"}
+    unknown = set(spec) - known
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)} (known: {', '.join(sorted(known))})")
+    presets = spec.get("presets") or {}
+    if preset is None:
+        preset = default_preset() if presets else None
+    if preset is not None and preset not in presets:
+        raise ConfigError(f"preset: {path.name} has no preset {preset!r} (it has: {', '.join(presets) or 'none'})")
+    chosen = presets.get(preset, {}) if preset else {}
+    unknown = set(chosen) - {"config", "grid", "results", "sources", "smoke"}
+    if unknown:
+        raise ConfigError(f"presets.{preset}: unknown keys {sorted(unknown)} (known: config, grid, results, sources, smoke)")
+
+    config: dict[str, Any] = {}
+    if spec.get("base"):  # start from a configs/*.yaml (its own preset applied, defaults filled in)
+        config = load_config(spec["base"], preset=spec.get("base_preset"), resolve=False).to_dict()
+        config.pop("preset", None)
+    config = _deep_merge(_deep_merge(config, spec.get("config")), chosen.get("config"))
+    grid = {**(spec.get("grid") or {}), **(chosen.get("grid") or {})}  # a preset replaces whole axes
+    for axis, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"grid.{axis}: must be a non-empty list of values")
+    sources = {k: _deep_merge(v, (chosen.get("sources") or {}).get(k)) for k, v in (spec.get("sources") or {}).items()}
+    results = chosen.get("results", spec.get("results"))
+    if results is not None:  # relative to the project, so the table lands in book/results from any cwd
+        results = _project_root(path) / results
+    return Experiment(
+        name=str(spec.get("name", path.stem)), path=path, preset=preset, config=config, grid=grid, results=results,
+        description=str(spec.get("description", "")).strip(), sources=sources,
+        smoke={**(spec.get("smoke") or {}), **(chosen.get("smoke") or {})},
+        lr_finder={**LR_FINDER_DEFAULTS, **(spec.get("lr_finder") or {})},
+    )
+
+
+# ==================================================================================================
+# The grid
+# ==================================================================================================
+
+
+def _point_overrides(axis: str, value: Any) -> dict[str, Any]:
+    """The dotted overrides one axis value stands for."""
+    if isinstance(value, dict):
+        return dict(value)
+    if "." not in axis:
+        raise ConfigError(f"grid.{axis}: an axis that is not a config key (section.key) needs mapping values")
+    return {axis: value}
+
+
+def run_id(raw: dict[str, Any]) -> str:
+    """A stable 10-character id of a complete config mapping (key order does not matter)."""
+    blob = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def _smoke_overrides(exp: Experiment) -> dict[str, Any]:
+    return {**SMOKE_OVERRIDES, **exp.smoke}
+
+
+def expand_grid(exp: Experiment, smoke: bool = False) -> list[RunSpec]:
+    """Every combination of the axes (in file order, the last axis varying fastest); one in smoke mode."""
+    axes = [[(axis, v) for v in (values[:1] if smoke else values)] for axis, values in exp.grid.items()]
+    runs, seen = [], set()
+    for combo in itertools.product(*axes):
+        overrides: dict[str, Any] = {}
+        for axis, value in combo:
+            overrides.update(_point_overrides(axis, value))
+        raw = copy.deepcopy(exp.config)
+        for key, value in {**overrides, **(_smoke_overrides(exp) if smoke else {})}.items():
+            _set(raw, key, value)
+        spec = RunSpec(run_id(raw), overrides, raw)
+        if spec.run_id not in seen:  # two combinations may coincide (e.g. a mapping value repeats a key)
+            seen.add(spec.run_id)
+            runs.append(spec)
+    return runs
+
+
+def check_config(spec: RunSpec) -> Config:
+    """Validate a run's config now (names, types, ranges), before any training starts."""
+    raw = copy.deepcopy(spec.raw)
+    if _get(raw, "optim.lr") == FIND_LR:
+        _set(raw, "optim.lr", 1e-3)  # a placeholder: the LR range test picks the real value
+    if source_name(raw) is not None:
+        _set(raw, "model.weights", None)  # a placeholder: the source run's checkpoint
+    return load_config(raw)
+
+
+# ==================================================================================================
+# Results table
+# ==================================================================================================
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a results CSV (empty if it does not exist)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Add one row to a results CSV atomically (write a temporary file, then rename it over the old one)."""
+    rows = [*read_rows(path), {k: _csv_value(v) for k, v in row.items()}]
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    head = [c for c in COLUMNS if c in keys]
+    per_class = [k for k in keys if k.startswith("test_dice_")]  # in class order
+    tail = [c for c in TAIL_COLUMNS if c in keys]
+    columns = head + per_class + tail + [k for k in keys if k not in (*head, *per_class, *tail)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return "" if value is None else value
+
+
+def _weights_label(weights: Any) -> str:
+    """What the ``weights`` column says: scratch, imagenet, a source dataset, or a file name."""
+    if weights is None:
+        return "scratch"
+    weights = str(weights)
+    if weights.startswith(SOURCE_PREFIX):
+        return weights[len(SOURCE_PREFIX):]
+    return weights if weights == "imagenet" else Path(weights).stem
+
+
+# ==================================================================================================
+# Running
+# ==================================================================================================
+
+
+@dataclass
+class ExperimentReport:
+    """What :func:`run_experiment` did."""
+
+    experiment: str
+    results: Path
+    planned: list[RunSpec]
+    done: list[str] = field(default_factory=list)  # run ids trained (or finished) and written now
+    skipped: list[str] = field(default_factory=list)  # run ids already in the table
+    failed: dict[str, str] = field(default_factory=dict)  # run id -> error
+    run_root: Path | None = None
+    dry_run: bool = False
+
+    def summary(self) -> str:
+        if self.dry_run:
+            return (f"experiment {self.experiment}: {len(self.planned)} runs, {len(self.skipped)} already in "
+                    f"{self.results}, {len(self.planned) - len(self.skipped)} to run (dry run: nothing trained)")
+        return (f"experiment {self.experiment}: {len(self.planned)} runs, {len(self.done)} run now, "
+                f"{len(self.skipped)} already in {self.results}, {len(self.failed)} failed")
+
+
+def _status(run_dir: Path) -> str:
+    """``completed``, ``partial`` (a resumable last.pt) or ``new``."""
+    info = run_dir / "run.json"
+    if info.is_file() and json.loads(info.read_text()).get("status") == "completed" and (run_dir / "best.pt").is_file():
+        return "completed"
+    return "partial" if (run_dir / "last.pt").is_file() else "new"
+
+
+def _train_once(cfg: Config, run_dir: Path, progress: bool | None) -> None:
+    """Train ``cfg`` into ``run_dir`` unless it already finished there; resume a run cut short."""
+    from .trainer import train
+
+    status = _status(run_dir)
+    if status != "completed":
+        train(cfg, run_dir, resume=status == "partial", progress=progress)
+
+
+def source_raw(exp: Experiment, name: str, smoke: bool = False) -> dict[str, Any]:
+    """The config mapping of source run ``name``: its sections merged onto the experiment's config."""
+    if name not in exp.sources:
+        raise ConfigError(f"model.weights: {SOURCE_PREFIX}{name} but the experiment has no sources.{name} "
+                          f"(sources: {', '.join(exp.sources) or 'none'})")
+    raw = _deep_merge(exp.config, exp.sources[name])
+    for key, value in (SMOKE_OVERRIDES if smoke else {}).items():  # not exp.smoke: that is for the grid's runs
+        _set(raw, key, value)
+    return raw
+
+
+def source_name(raw: dict[str, Any]) -> str | None:
+    """``NAME`` when the run's ``model.weights`` is ``source:NAME``, else None."""
+    weights = _get(raw, "model.weights")
+    return weights[len(SOURCE_PREFIX):] if isinstance(weights, str) and weights.startswith(SOURCE_PREFIX) else None
+
+
+def _source_checkpoint(exp: Experiment, name: str, smoke: bool, root: Path, progress: bool | None,
+                       say: Callable[[str], None]) -> Path:
+    """Train (once) the source run ``name`` and return its best checkpoint."""
+    raw = source_raw(exp, name, smoke)
+    run_dir = root / "sources" / f"{name}-{run_id(raw)}"
+    if _status(run_dir) != "completed":
+        say(f"source {name}: training into {run_dir}")
+    _train_once(load_config(raw), run_dir, progress)
+    return run_dir / "best.pt"
+
+
+class _Normalized(nn.Module):
+    """The model with the trainer's input normalisation in front (what the LR range test must see)."""
+
+    def __init__(self, model: nn.Module, normalize: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.model, self.normalize = model, normalize
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.normalize(x))
+
+
+def find_lr(cfg: Config, settings: dict[str, Any]) -> dict[str, Any]:
+    """Run the LR range test on ``cfg``'s training data, model and strategy; returns the sweep and suggestion."""
+    from .distributed import DistInfo
+    from .losses import build_loss
+    from .optim import lr_range_test
+    from .trainer import (
+        build_data,
+        build_network,
+        input_normalizer,
+        loss_kwargs,
+        seed_everything,
+        select_device,
+    )
+
+    device = select_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    data = build_data(cfg, DistInfo())
+    data.start_epoch(0)
+    model, plan = build_network(cfg, device)
+    loss_fn = build_loss(cfg.loss.name, cfg.loss.mode, **loss_kwargs(cfg)).to(device)
+    result = lr_range_test(
+        _Normalized(model, input_normalizer(cfg, device)), data.loader, loss_fn, cfg.optim.name,
+        start_lr=float(settings["start_lr"]), end_lr=float(settings["end_lr"]), num_iter=int(settings["num_iter"]),
+        device=device, params=plan.param_groups(1.0, cfg.optim.weight_decay), weight_decay=cfg.optim.weight_decay,
+        suggest=settings["suggest"],
+    )
+    return {"lr": result.suggestion, "lrs": result.lrs, "losses": result.losses, "settings": settings}
+
+
+def _resolve_specials(exp: Experiment, spec: RunSpec, run_dir: Path, smoke: bool, root: Path,
+                      progress: bool | None, say: Callable[[str], None]) -> Config:
+    """The run's Config with ``source:NAME`` weights and ``lr: find`` replaced by real values."""
+    raw = copy.deepcopy(spec.raw)
+    source = source_name(raw)
+    if source is not None:
+        _set(raw, "model.weights", str(_source_checkpoint(exp, source, smoke, root, progress, say)))
+    if _get(raw, "optim.lr") == FIND_LR:
+        saved = run_dir / "lr_find.json"  # a resumed run must train with the LR it started with
+        if saved.is_file():
+            found = json.loads(saved.read_text())
+        else:
+            _set(raw, "optim.lr", 1e-3)  # placeholder while the range test runs
+            settings = {**exp.lr_finder, **(SMOKE_LR_FINDER if smoke else {})}
+            found = find_lr(load_config(raw), settings)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            saved.write_text(json.dumps(found) + "\n")
+            say(f"LR range test: suggested lr {found['lr']:.3g}")
+        _set(raw, "optim.lr", float(found["lr"]))
+    return load_config(raw)
+
+
+def evaluate_test(run_dir: Path, cfg: Config) -> tuple[float, dict[str, float], int]:
+    """Per-patient mean foreground Dice of ``best.pt`` on the run's patient-level test split.
+
+    Returns ``(mean, {class_name: mean}, number of test patients)``; NaN when there is no test split.
+    """
+    from .data.splits import load_split
+    from .evaluate import evaluate
+
+    test = load_split(run_dir / "split.json").test
+    if not test:
+        return math.nan, {}, 0
+    scores = evaluate(run_dir / "best.pt", cfg, "test", device=cfg.train.device)
+    summary = scores.attrs["summary"]
+    per_class = {str(r["class_name"]): float(r["dice_mean"]) for _, r in summary.iterrows() if r["class"] != "mean"}
+    return float(scores.attrs["mean_dice"]), per_class, len(test)
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else ``"cpu"``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu"
+
+
+def _hardware(info: dict[str, Any]) -> str:
+    """``"NVIDIA H100 80GB HBM3"`` or ``"<CPU model>, 2 CPUs"`` from run.json."""
+    hw = info.get("hardware", {})
+    if not str(hw.get("device", "")).startswith("cpu"):
+        return str(hw.get("device_name") or hw.get("device", ""))
+    return f"{cpu_name()}, {hw.get('cpu_count')} CPUs"
+
+
+def _row(exp: Experiment, spec: RunSpec, cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """The results-table row of a finished run."""
+    info = json.loads((run_dir / "run.json").read_text())
+    test_dice, per_class, n_test = evaluate_test(run_dir, cfg)
+    return {
+        "experiment": exp.name, "run_id": spec.run_id, "preset": exp.preset or "",
+        "dataset": cfg.data.dataset, "strategy": cfg.strategy.name, "encoder": cfg.model.encoder,
+        "weights": _weights_label(_get(spec.raw, "model.weights")),
+        "label_fraction": cfg.data.label_fraction, "n_train_patients": info.get("train_patients"),
+        "seed": cfg.train.seed, "loss": cfg.loss.name, "loss_mode": cfg.loss.mode, "optimizer": cfg.optim.name,
+        "lr": cfg.optim.lr, "split": getattr(cfg.data, "split_mode", "patient"), "n_test_patients": n_test,
+        "test_dice": test_dice, **{f"test_dice_{k}": v for k, v in per_class.items()},
+        "val_dice_best": info.get("best_score"), "best_epoch": info.get("best_epoch"),
+        "epochs": info.get("epochs_run"), "wall_time_s": info.get("wall_time_s"), "hardware": _hardware(info),
+        "commit": info.get("git_commit", "unknown"), "package_version": info.get("package_version", __version__),
+        "config": json.dumps(spec.overrides, sort_keys=True, separators=(",", ":"), default=str),
+    }
+
+
+def run_experiment(
+    name: str | os.PathLike | Experiment,
+    preset: str | None = None,
+    *,
+    smoke: bool = False,
+    results: str | os.PathLike | None = None,
+    run_root: str | os.PathLike | None = None,
+    dry_run: bool = False,
+    keep_going: bool | None = None,
+    progress: bool | None = None,
+    say: Callable[[str], None] = print,
+) -> ExperimentReport:
+    """Run every grid point of an experiment that is not yet in its results table.
+
+    Args:
+        name: an experiment name, a YAML path, or a loaded :class:`Experiment`.
+        preset: ``cpu`` or ``gpu`` (default: ``gpu`` when CUDA is available).
+        smoke: one combination, two steps, 32 px, in a temporary folder (unless ``results`` is given).
+        results: the CSV to write (default: the preset's ``results``).
+        run_root: folder of the run folders (default ``<cache>/experiments/<name>/<preset>``).
+        dry_run: only validate every config and report which runs are done and which are pending.
+        keep_going: record a failed run and go on (default: yes, except in smoke mode).
+    """
+    exp = name if isinstance(name, Experiment) else load_experiment(name, preset)
+    scratch = Path(tempfile.mkdtemp(prefix=f"medseg-smoke-{exp.name}-")) if smoke and not dry_run else None
+    if results is None:
+        results = scratch / "results.csv" if scratch else exp.results
+    if results is None:
+        raise ConfigError(f"{exp.path.name}: no results path for preset {exp.preset!r}; pass --results")
+    results = Path(results)
+    root = Path(run_root) if run_root else (scratch / "runs" if scratch else
+                                            cache_dir() / "experiments" / exp.name / (exp.preset or "default"))
+    keep_going = (not smoke) if keep_going is None else keep_going
+
+    planned = expand_grid(exp, smoke)
+    for spec in planned:  # a typo in any run fails now, not hours into the sweep
+        check_config(spec)
+    for source in sorted({source_name(spec.raw) for spec in planned} - {None}):
+        load_config(source_raw(exp, source, smoke))
+    report = ExperimentReport(exp.name, results, planned, run_root=root, dry_run=dry_run)
+    finished = {r.get("run_id") for r in read_rows(results)}
+    for i, spec in enumerate(planned, 1):
+        label = f"[{i}/{len(planned)}] {spec.run_id} {json.dumps(spec.overrides, default=str)}"
+        if spec.run_id in finished:
+            report.skipped.append(spec.run_id)
+            if dry_run:
+                say(f"{label}: done")
+            continue
+        run_dir = root / spec.run_id
+        if dry_run:
+            say(f"{label}: {'pending' if _status(run_dir) == 'new' else 'started, will resume'}")
+            continue
+        say(label)
+        started = time.perf_counter()
+        try:
+            cfg = _resolve_specials(exp, spec, run_dir, smoke, root, progress, say)
+            _train_once(cfg, run_dir, progress)
+            append_row(results, _row(exp, spec, cfg, run_dir))
+        except Exception as exc:
+            if not keep_going:
+                raise
+            report.failed[spec.run_id] = f"{type(exc).__name__}: {exc}"
+            say(f"{label}: FAILED {report.failed[spec.run_id]}")
+            continue
+        report.done.append(spec.run_id)
+        say(f"{label}: done in {time.perf_counter() - started:.0f}s -> {results}")
+    return report

@@ -1,0 +1,442 @@
+"""Committed results tables: read them, average over seeds, and plot them with error bars.
+
+Long experiments are not re-run by the book build. ``medseg experiment NAME --preset cpu`` runs a
+grid of training runs and writes one row per run to ``book/results/NAME.csv`` (``--preset gpu``:
+``book/results/gpu/NAME.csv``); the chapters read those tables with the functions here. A row has
+(at least) the columns of ``RUN_COLUMNS``:
+
+``experiment, dataset, strategy, encoder, weights, label_fraction, n_train_patients, seed, loss,
+optimizer, split, test_dice, test_dice_<class> ..., val_dice_best, best_epoch, epochs, wall_time_s,
+hardware, commit, config``
+
+``test_dice`` is the per-patient mean foreground Dice on the fixed test split; ``weights`` names
+the source of the initial encoder weights (``scratch``, ``imagenet``, ``acdc``, ``lgg``, ...).
+
+Typical use::
+
+    df = load_results("data_efficiency")          # None if the table is not committed yet
+    if df is None:
+        print(missing_message("data_efficiency"))
+    else:
+        agg = aggregate(df, ["strategy", "n_train_patients"])   # mean, std, n over seeds
+        plot_data_efficiency(df, hue="strategy")
+
+and, for a single run folder written by the trainer, ``plot_training_curves(run_dir)``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "RUN_COLUMNS",
+    "aggregate",
+    "default_results_dir",
+    "describe_differences",
+    "experiment_command",
+    "load_results",
+    "mean_std_table",
+    "missing_message",
+    "order_levels",
+    "paired_differences",
+    "plot_data_efficiency",
+    "plot_grouped_bars",
+    "plot_training_curves",
+    "read_history",
+    "results_path",
+    "run_provenance",
+]
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The columns every run row carries (per-class ``test_dice_<class>`` columns come on top).
+RUN_COLUMNS = (
+    "experiment", "dataset", "strategy", "encoder", "weights", "label_fraction", "n_train_patients", "seed",
+    "loss", "optimizer", "split", "test_dice", "val_dice_best", "best_epoch", "epochs", "wall_time_s",
+    "hardware", "commit", "config",
+)
+# Preferred plotting order; levels not listed follow in alphabetical order.
+STRATEGY_ORDER = ("scratch", "frozen_encoder", "frozen_stages", "gradual_unfreezing", "discriminative_lr",
+                  "full_finetune")
+WEIGHTS_ORDER = ("scratch", "imagenet")
+_ORDERS = {"strategy": STRATEGY_ORDER, "weights": WEIGHTS_ORDER}
+
+
+# --------------------------------------------------------------------------------------------------
+# Finding and reading tables
+# --------------------------------------------------------------------------------------------------
+
+
+def default_results_dir() -> Path:
+    """The repository's ``book/results``; outside a clone (a course copy), ``./results``."""
+    in_repo = REPO / "book" / "results"
+    return in_repo if in_repo.is_dir() else Path.cwd() / "results"
+
+
+def results_path(name: str, folder: str | os.PathLike | None = None) -> Path:
+    """Path of the table ``name`` (``"data_efficiency"`` or ``"data_efficiency.csv"``)."""
+    folder = default_results_dir() if folder is None else Path(folder)
+    return folder / (name if name.endswith(".csv") else f"{name}.csv")
+
+
+def load_results(
+    name: str, folder: str | os.PathLike | None = None, required: Sequence[str] = ("test_dice",)
+) -> pd.DataFrame | None:
+    """Read a committed results table; ``None`` if it does not exist (or holds no rows).
+
+    A table that exists but lacks a ``required`` column is an error, not a silent ``None``.
+    """
+    path = results_path(name, folder)
+    if not path.is_file():
+        return None
+    df = pd.read_csv(path)
+    if df.empty:
+        return None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}; found {list(df.columns)}")
+    return df
+
+
+def experiment_command(name: str) -> str:
+    """The command that regenerates table ``name``: ``NAME`` is the cpu preset, ``gpu/NAME`` the gpu one.
+
+    (``configs/experiments/NAME.yaml`` writes ``book/results/NAME.csv`` with ``--preset cpu`` and
+    ``book/results/gpu/NAME.csv`` with ``--preset gpu``.)
+    """
+    preset = "gpu" if Path(name).parent.name == "gpu" else "cpu"
+    return f"medseg experiment {Path(name).stem} --preset {preset}"
+
+
+def missing_message(name: str, folder: str | os.PathLike | None = None) -> str:
+    """The note a chapter prints when a committed table is absent: where it should be, how to make it."""
+    command = experiment_command(name)
+    return (f"No committed results table {results_path(name, folder)} yet.\n"
+            f"Run `{command}` to produce it (a grid of training runs; see the chapter text for its cost), "
+            "then re-execute this chapter.")
+
+
+# --------------------------------------------------------------------------------------------------
+# Aggregating over seeds
+# --------------------------------------------------------------------------------------------------
+
+
+def order_levels(values: Sequence[Any] | pd.Series, column: str | None = None) -> list[Any]:
+    """Distinct values in the book's preferred order (scratch first, ...), others sorted after them."""
+    seen = list(dict.fromkeys(pd.Series(values).dropna().tolist()))
+    preferred = [v for v in _ORDERS.get(column or "", ()) if v in seen]
+    rest = sorted((v for v in seen if v not in preferred), key=lambda v: (not isinstance(v, int | float), v))
+    return preferred + rest
+
+
+def aggregate(
+    df: pd.DataFrame, by: Sequence[str], metric: str | Sequence[str] = "test_dice"
+) -> pd.DataFrame:
+    """Mean, standard deviation (over runs, i.e. seeds) and run count of ``metric`` per group.
+
+    One metric gives the columns ``mean, std, n``; several give ``<metric>_mean, <metric>_std``
+    and one ``n``. ``std`` is the sample standard deviation (ddof=1), NaN for a single run.
+    ``n_train_patients`` (when present and not grouped on) is carried along as its group mean.
+    """
+    by = list(by)
+    metrics = [metric] if isinstance(metric, str) else list(metric)
+    missing = [c for c in [*by, *metrics] if c not in df.columns]
+    if missing:
+        raise KeyError(f"columns {missing} not in the table; it has {list(df.columns)}")
+    grouped = df.groupby(by, sort=False, dropna=False)
+    out = grouped[metrics].agg(["mean", "std"])
+    out.columns = [stat if len(metrics) == 1 else f"{m}_{stat}" for m, stat in out.columns]
+    out["n"] = grouped[metrics[0]].count()
+    if "n_train_patients" in df.columns and "n_train_patients" not in by:
+        out["n_train_patients"] = grouped["n_train_patients"].mean()
+    out = out.reset_index()
+    for col in by:  # the book's order, not the order rows were written in
+        rank = {v: i for i, v in enumerate(order_levels(out[col], col))}
+        out["_rank_" + col] = out[col].map(rank)
+    out = out.sort_values([f"_rank_{c}" for c in by], kind="stable").drop(columns=[f"_rank_{c}" for c in by])
+    return out.reset_index(drop=True)
+
+
+def _fmt(mean: float, std: float, digits: int) -> str:
+    if math.isnan(mean):
+        return ""
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def mean_std_table(
+    df: pd.DataFrame, index: str, columns: str, metric: str = "test_dice", digits: int = 3
+) -> pd.DataFrame:
+    """A display table of ``"mean ± std"`` strings: ``index`` down, ``columns`` across."""
+    agg = aggregate(df, [index, columns], metric)
+    agg["cell"] = [_fmt(m, s, digits) for m, s in zip(agg["mean"], agg["std"])]
+    table = agg.pivot(index=index, columns=columns, values="cell")
+    table = table.reindex(index=order_levels(agg[index], index), columns=order_levels(agg[columns], columns))
+    return table.fillna("")
+
+
+def paired_differences(
+    df: pd.DataFrame,
+    compare: str,
+    baseline: Any,
+    by: Sequence[str] = (),
+    pair_on: Sequence[str] = ("seed",),
+    metric: str = "test_dice",
+) -> pd.DataFrame:
+    """How much each level of ``compare`` beats ``baseline``, run for run.
+
+    Runs are paired on ``by`` + ``pair_on`` (same label fraction, same seed, hence the same
+    patients and the same initial decoder); for every other level of ``compare`` the result has
+    ``mean_diff, std_diff, n`` (paired runs) and ``wins`` (pairs where it scored higher). A
+    negative ``mean_diff`` means the baseline was better: with ``baseline="scratch"`` and
+    ``compare="weights"``, that is negative transfer.
+    """
+    keys = [*by, *pair_on]
+    base = df[df[compare] == baseline].set_index(keys)[metric]
+    if base.index.has_duplicates:
+        raise ValueError(f"several baseline runs share {keys}; add the distinguishing column to by/pair_on")
+    rows = []
+    for level in order_levels(df[compare], compare):
+        if level == baseline:
+            continue
+        other = df[df[compare] == level].set_index(keys)[metric]
+        diff = (other - base.reindex(other.index)).dropna()
+        groups = diff.groupby(level=list(by)) if by else [((), diff)]
+        for key, d in groups:
+            key = key if isinstance(key, tuple) else (key,)
+            rows.append({compare: level, **dict(zip(by, key)), "mean_diff": d.mean(),
+                         "std_diff": d.std(), "n": len(d), "wins": int((d > 0).sum())})
+    return pd.DataFrame(rows, columns=[compare, *by, "mean_diff", "std_diff", "n", "wins"])
+
+
+def describe_differences(diff: pd.DataFrame, compare: str, baseline: Any, digits: int = 3) -> list[str]:
+    """Plain sentences for a :func:`paired_differences` table, one per row; losses are said out loud.
+
+    Each sentence gives the mean ± std of the paired differences and a verdict: ``better in every
+    paired run``, ``WORSE than <baseline> in every paired run``, or ``mixed`` (the sign changed from
+    run to run: with a few seeds, not a difference to rely on).
+
+    >>> diff = paired_differences(df, "weights", "scratch", by=["dataset"])  # doctest: +SKIP
+    >>> describe_differences(diff, "weights", "scratch")  # doctest: +SKIP
+    ['imagenet vs scratch (dataset=lgg): +0.041 ± 0.012 Dice, higher in 3 of 3 paired runs -> better in every paired run']
+    """
+    by = [c for c in diff.columns if c not in (compare, "mean_diff", "std_diff", "n", "wins")]
+    lines = []
+    for _, row in diff.iterrows():
+        where = ", ".join(f"{c}={row[c]:g}" if isinstance(row[c], float) else f"{c}={row[c]}" for c in by)
+        n, wins = int(row["n"]), int(row["wins"])
+        spread = "" if math.isnan(row["std_diff"]) else f" ± {row['std_diff']:.{digits}f}"
+        if wins == n and row["mean_diff"] > 0:
+            verdict = "better in every paired run"
+        elif wins == 0 and row["mean_diff"] < 0:
+            verdict = f"WORSE than {baseline} in every paired run"
+        else:
+            verdict = "mixed: the sign changes between runs"
+        lines.append(f"{row[compare]} vs {baseline}{f' ({where})' if where else ''}: "
+                     f"{row['mean_diff']:+.{digits}f}{spread} Dice, higher in {wins} of {n} paired runs -> {verdict}")
+    return lines
+
+
+def run_provenance(df: pd.DataFrame) -> str:
+    """One line on where a results table came from: runs, hardware, commits, wall time."""
+    parts = [f"{len(df)} runs"]
+    for col, label, width in (("hardware", "hardware", None), ("commit", "commit", 12)):
+        if col in df.columns:
+            values = [str(v)[:width] for v in df[col].dropna().unique()]
+            parts.append(f"{label}: {', '.join(values[:3])}{' ...' if len(values) > 3 else ''}")
+    if "wall_time_s" in df.columns:
+        t = df["wall_time_s"].dropna()
+        parts.append(f"wall time {t.sum() / 3600:.2f} h in total, median {t.median():.0f} s per run")
+    return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------------------
+
+
+def _axes(ax: Any, figsize: tuple[float, float]) -> Any:
+    if ax is not None:
+        return ax
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=figsize)[1]
+
+
+def _label(name: str) -> str:
+    return name.replace("_", " ")
+
+
+_AXIS_LABELS = {"n_train_patients": "labelled training patients",
+                "label_fraction": "fraction of training patients labelled"}
+
+
+def _axis_label(column: str) -> str:
+    return _AXIS_LABELS.get(column, _label(column))
+
+
+def _metric_label(metric: str) -> str:
+    """``test_dice`` -> ``test Dice``, ``val_dice_best`` -> ``val Dice best``."""
+    return _label(metric).replace("dice", "Dice").replace("iou", "IoU")
+
+
+def plot_data_efficiency(
+    df: pd.DataFrame,
+    x: str = "n_train_patients",
+    hue: str = "strategy",
+    metric: str = "test_dice",
+    ax: Any = None,
+    logx: bool = True,
+    hue_order: Sequence[Any] | None = None,
+    title: str | None = None,
+) -> Any:
+    """Score against the amount of labelled data, one line per ``hue`` level, error bars = std over seeds.
+
+    ``x`` is ``"n_train_patients"`` (the default, a log axis labelled with the actual counts) or
+    ``"label_fraction"``. Returns the matplotlib axes.
+    """
+    ax = _axes(ax, (6.4, 4.2))
+    agg = aggregate(df, [hue, x], metric)
+    levels = list(hue_order) if hue_order is not None else order_levels(agg[hue], hue)
+    for level in levels:
+        part = agg[agg[hue] == level].sort_values(x)
+        if part.empty:
+            continue
+        ax.errorbar(part[x], part["mean"], yerr=part["std"].fillna(0.0), marker="o", ms=4, capsize=3,
+                    lw=1.5, label=_label(str(level)))
+    xs = sorted(agg[x].unique())
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xticks(xs)
+    ax.set_xticklabels([f"{v:g}" for v in xs])
+    ax.minorticks_off()
+    runs = agg["n"]
+    seeds = f"{runs.min()}" if runs.min() == runs.max() else f"{runs.min()}-{runs.max()}"
+    ax.set_xlabel(_axis_label(x))
+    ax.set_ylabel(f"{_metric_label(metric)} (mean ± std over {seeds} seed{'' if seeds == '1' else 's'})")
+    ax.grid(alpha=0.3)
+    ax.legend(title=_label(hue), fontsize="small")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_grouped_bars(
+    df: pd.DataFrame,
+    group: str,
+    hue: str | None = None,
+    metric: str = "test_dice",
+    ax: Any = None,
+    group_order: Sequence[Any] | None = None,
+    hue_order: Sequence[Any] | None = None,
+    title: str | None = None,
+    annotate: bool = True,
+) -> Any:
+    """Bars of the mean ``metric`` per ``group`` (and per ``hue`` level side by side), std as error bars.
+
+    E.g. ``plot_grouped_bars(df, group="dataset", hue="weights")`` for source-transfer results.
+    """
+    ax = _axes(ax, (6.4, 4.0))
+    agg = aggregate(df, [group] + ([hue] if hue else []), metric)
+    groups = list(group_order) if group_order is not None else order_levels(agg[group], group)
+    hues = ([None] if hue is None else
+            list(hue_order) if hue_order is not None else order_levels(agg[hue], hue))
+    width = 0.8 / len(hues)
+    centers = np.arange(len(groups))
+    for j, level in enumerate(hues):
+        part = agg if level is None else agg[agg[hue] == level]
+        part = part.set_index(group).reindex(groups)
+        pos = centers - 0.4 + width * (j + 0.5)
+        bars = ax.bar(pos, part["mean"], width * 0.92, yerr=part["std"].fillna(0.0), capsize=3,
+                      label=None if level is None else _label(str(level)))
+        if annotate:
+            for rect, m in zip(bars, part["mean"]):
+                if not math.isnan(m):
+                    ax.annotate(f"{m:.2f}", (rect.get_x() + rect.get_width() / 2, 0.02), ha="center",
+                                va="bottom", fontsize=7, color="white", rotation=90)
+    ax.set_xticks(centers)
+    ax.set_xticklabels([_label(str(g)) for g in groups])
+    ax.set_xlabel(_axis_label(group))
+    ax.set_ylabel(f"{_metric_label(metric)} (mean ± std over seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    if hue is not None:
+        ax.legend(title=_label(hue), fontsize="small")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def read_history(run: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
+    """The per-epoch history of a run: its ``metrics.csv`` (a run folder or the file), or a DataFrame."""
+    if isinstance(run, pd.DataFrame):
+        return run
+    path = Path(run)
+    path = path / "metrics.csv" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no metrics.csv (has the run finished an epoch?)")
+    return pd.read_csv(path)  # an empty "unfrozen" cell reads as NaN
+
+
+def _short_stage(name: str) -> str:
+    return name.replace("encoder.", "")
+
+
+def plot_training_curves(
+    run: str | os.PathLike | pd.DataFrame,
+    axes: Sequence[Any] | None = None,
+    per_class: bool = True,
+    mark_unfreeze: bool = True,
+    title: str | None = None,
+) -> Any:
+    """Training loss and validation Dice per epoch of a run, with unfreezing and the best epoch marked.
+
+    ``run`` is a run folder written by :func:`medseg_tutorial.trainer.train`, its ``metrics.csv``, or
+    the ``history`` DataFrame of a ``RunResult``. Epochs in which encoder stages were unfrozen
+    (column ``unfrozen``) get a dotted vertical line labelled with the stages. Returns the two axes.
+    """
+    hist = read_history(run)
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        axes = plt.subplots(1, 2, figsize=(9.6, 3.6))[1]
+    ax_loss, ax_dice = axes
+    ax_loss.plot(hist["epoch"], hist["train_loss"], marker="o", ms=3, label="training loss")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("training loss")
+    if "val_dice" in hist:
+        val = hist.dropna(subset=["val_dice"])
+        ax_dice.plot(val["epoch"], val["val_dice"], marker="o", ms=4, lw=2, color="k",
+                     label="mean foreground Dice")
+        if per_class:
+            for col in [c for c in hist.columns if c.startswith("val_dice_")]:
+                ax_dice.plot(val["epoch"], val[col], lw=1, ls="--", label=_label(col[len("val_dice_"):]))
+        if len(val):
+            best = val.loc[val["val_dice"].idxmax()]
+            ax_dice.plot([best["epoch"]], [best["val_dice"]], marker="*", ms=14, color="tab:red",
+                         ls="none", label=f"best (epoch {int(best['epoch'])})")
+    ax_dice.set_xlabel("epoch")
+    ax_dice.set_ylabel("validation Dice (per patient)")
+    if mark_unfreeze and "unfrozen" in hist:
+        for _, row in hist.iterrows():
+            stages = str(row["unfrozen"]) if isinstance(row["unfrozen"], str) else ""
+            if stages:
+                for ax in axes:
+                    ax.axvline(row["epoch"] - 0.5, color="tab:gray", ls=":", lw=1)
+                names = ", ".join(_short_stage(s) for s in stages.split(";"))
+                ax_dice.annotate(f"unfreeze\n{names}", (row["epoch"] - 0.45, 0.02), fontsize=6.5,
+                                 xycoords=("data", "axes fraction"), color="tab:gray", va="bottom")
+    epochs = hist["epoch"].to_numpy()
+    for ax in axes:
+        ax.set_xticks(epochs)
+        ax.grid(alpha=0.3)
+    ax_dice.set_ylim(0, 1)
+    ax_dice.legend(fontsize="x-small", loc="upper left")
+    if title:
+        ax_loss.figure.suptitle(title)
+    return axes

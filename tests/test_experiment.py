@@ -1,0 +1,249 @@
+"""Experiment grids: every shipped experiment runs in smoke mode, and an interrupted sweep resumes.
+
+The smoke runs use the real datasets (tiny 32 px slices, two steps); the resume, source and LR-finder
+tests use the offline phantom. Each test runs torch on one thread: on a CPU shared with other jobs,
+two threads that wait for each other can be ten times slower.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from medseg_tutorial import config as config_module
+from medseg_tutorial.config import ConfigError
+from medseg_tutorial.experiment import (
+    append_row,
+    expand_grid,
+    list_experiments,
+    load_experiment,
+    read_rows,
+    run_experiment,
+    run_id,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted((REPO / "configs" / "experiments").glob("*.yaml"))
+SIX = {"data_efficiency", "source_transfer", "leakage", "losses", "optimizers", "activation"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+# --- the shipped experiment files -------------------------------------------------------------------
+
+
+def test_the_six_experiments_are_shipped_with_cpu_and_gpu_presets() -> None:
+    assert SIX <= set(list_experiments())
+    for path in EXPERIMENTS:
+        cpu, gpu = load_experiment(path, "cpu"), load_experiment(path, "gpu")
+        assert cpu.results == REPO / "book" / "results" / f"{path.stem}.csv"
+        assert gpu.results == REPO / "book" / "results" / "gpu" / f"{path.stem}.csv"
+        assert "Cost (cpu preset)" in path.read_text(), f"{path.name}: state the CPU cost estimate"
+
+
+def test_grids_have_the_promised_shape() -> None:
+    def values(name: str, axis: str) -> list:
+        return load_experiment(name, "cpu").grid[axis]
+
+    assert len(expand_grid(load_experiment("data_efficiency", "cpu"))) == 4 * 6 * 3
+    assert values("data_efficiency", "data.label_fraction") == [0.05, 0.1, 0.25, 1.0]
+    assert {"model.weights": None, "strategy.name": "scratch"} in values("data_efficiency", "strategy.name")
+    assert set(values("source_transfer", "model.weights")) == {
+        "source:acdc", "source:lgg", "source:covid_ct", "imagenet", None}
+    assert values("losses", "loss.name") == ["bce", "dice", "dice_bce", "focal", "tversky"]
+    assert values("optimizers", "optim.name") == ["sgd", "adam", "adamw", "rmsprop"]
+    assert load_experiment("optimizers", "cpu").config["optim"]["lr"] == "find"
+    assert {v["loss.mode"] for v in values("activation", "head")} == {"multiclass", "multilabel"}
+    for name in SIX:
+        assert values(name, "train.seed") == [0, 1, 2]
+
+
+def _expected_failure(name: str) -> pytest.MarkDecorator | None:
+    """Experiments that need a trainer feature that may not exist yet fail for that reason only."""
+    if name == "leakage" and "split_mode" not in {f.name for f in config_module.DataConfig.__dataclass_fields__.values()}:
+        return pytest.mark.xfail(raises=ConfigError, reason="needs data.split_mode in config.DataConfig", strict=True)
+    if name == "activation":
+        return pytest.mark.xfail(raises=NotImplementedError, reason="needs multilabel support in the trainer",
+                                 strict=False)
+    return None
+
+
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(p, marks=m) if (m := _expected_failure(p.stem)) else p for p in EXPERIMENTS],
+    ids=lambda p: p.stem,
+)
+def test_every_experiment_runs_in_smoke_mode(path: Path, shared_root: Path, tmp_path: Path) -> None:
+    results = tmp_path / "results.csv"
+    report = run_experiment(path, "cpu", smoke=True, results=results, run_root=tmp_path / "runs",
+                            progress=False, say=_quiet)
+    rows = read_rows(results)
+    assert len(rows) == len(report.done) == 1 and not report.failed
+    row = rows[0]
+    assert row["experiment"] == path.stem and row["run_id"] == report.planned[0].run_id
+    assert 0.0 <= float(row["test_dice"]) <= 1.0
+    assert float(row["n_test_patients"]) > 0 and float(row["epochs"]) == 1
+    assert any(k.startswith("test_dice_") for k in row)
+    for column in ("dataset", "strategy", "encoder", "weights", "label_fraction", "n_train_patients", "seed",
+                   "loss", "optimizer", "split", "val_dice_best", "best_epoch", "wall_time_s", "hardware",
+                   "commit", "package_version", "config"):
+        assert row[column] != "", column
+
+
+# --- grids, run ids and the results table ------------------------------------------------------------
+
+
+def _write_experiment(folder: Path, **extra) -> Path:
+    spec = {
+        "name": "tiny",
+        "config": {
+            "data": {"dataset": "phantom", "size": [32, 32], "augment": "none"},
+            "model": {"encoder": "resnet18", "weights": None,
+                      "smp_kwargs": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}},
+            "train": {"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 4, "device": "cpu", "amp": "off"},
+            "output": {"tensorboard": False},
+        },
+        "grid": {"train.seed": [0, 1]},
+        "presets": {"cpu": {"results": str(folder / "results.csv")}},
+        **extra,
+    }
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_expand_grid_combines_axes_and_mapping_values(tmp_path: Path) -> None:
+    path = _write_experiment(tmp_path, grid={
+        "train.seed": [0, 1],
+        "strategy.name": [{"strategy.name": "scratch", "model.weights": None}, "full_finetune"],
+    })
+    exp = load_experiment(path, "cpu")
+    runs = expand_grid(exp)
+    assert [r.overrides for r in runs] == [
+        {"train.seed": 0, "strategy.name": "scratch", "model.weights": None},
+        {"train.seed": 0, "strategy.name": "full_finetune"},
+        {"train.seed": 1, "strategy.name": "scratch", "model.weights": None},
+        {"train.seed": 1, "strategy.name": "full_finetune"},
+    ]
+    assert len({r.run_id for r in runs}) == 4
+    assert runs[0].raw["strategy"]["name"] == "scratch" and runs[0].raw["train"]["seed"] == 0
+    (smoke,) = expand_grid(exp, smoke=True)  # the first value of every axis, on 32 px
+    assert smoke.overrides == runs[0].overrides and smoke.raw["train"]["max_steps_per_epoch"] == 2
+
+
+def test_run_id_is_stable_and_depends_on_every_value() -> None:
+    a = {"train": {"seed": 0, "epochs": 2}, "data": {"dataset": "phantom"}}
+    b = {"data": {"dataset": "phantom"}, "train": {"epochs": 2, "seed": 0}}
+    assert run_id(a) == run_id(b) and len(run_id(a)) == 10
+    assert run_id(a) != run_id({**a, "train": {"seed": 1, "epochs": 2}})
+
+
+def test_bad_experiment_files_fail_before_training(tmp_path: Path) -> None:
+    path = _write_experiment(tmp_path)
+    with pytest.raises(ConfigError, match="no preset 'gpu'"):
+        load_experiment(path, "gpu")
+    path = _write_experiment(tmp_path, grid={"train.seed": [0], "loss.name": ["dicee"]})
+    with pytest.raises(ConfigError, match=r"loss\.name"):
+        run_experiment(path, "cpu", dry_run=True, say=_quiet)
+    path = _write_experiment(tmp_path, grid={"head": ["ce"]})
+    with pytest.raises(ConfigError, match="needs mapping values"):
+        expand_grid(load_experiment(path, "cpu"))
+
+
+def test_append_row_is_atomic_and_keeps_every_column(tmp_path: Path) -> None:
+    path = tmp_path / "out" / "results.csv"
+    append_row(path, {"experiment": "x", "run_id": "a", "test_dice": 0.5, "test_dice_organ": 0.25})
+    append_row(path, {"experiment": "x", "run_id": "b", "test_dice": float("nan"), "extra": 1})
+    rows = read_rows(path)
+    assert [r["run_id"] for r in rows] == ["a", "b"]
+    assert rows[0]["extra"] == "" and rows[1]["test_dice"] == "" and rows[0]["test_dice_organ"] == "0.25"
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
+
+
+# --- running: resume, sources, LR finder -------------------------------------------------------------
+
+
+def test_a_rerun_skips_finished_rows_and_redoes_a_deleted_one(tmp_path: Path) -> None:
+    path = _write_experiment(tmp_path)
+    results, runs = tmp_path / "results.csv", tmp_path / "runs"
+    first = run_experiment(path, "cpu", run_root=runs, progress=False, say=_quiet)
+    assert len(first.done) == 2 and len(read_rows(results)) == 2
+
+    again = run_experiment(path, "cpu", run_root=runs, progress=False, say=_quiet)
+    assert again.done == [] and sorted(again.skipped) == sorted(first.done)
+
+    rows = read_rows(results)
+    results.unlink()
+    append_row(results, rows[0])  # the second row is lost
+    third = run_experiment(path, "cpu", run_root=runs, progress=False, say=_quiet)
+    assert third.done == [rows[1]["run_id"]] and third.skipped == [rows[0]["run_id"]]
+    assert sorted(r["run_id"] for r in read_rows(results)) == sorted(first.done)
+
+    listed = []
+    dry = run_experiment(path, "cpu", run_root=runs, dry_run=True, say=listed.append)
+    assert dry.done == [] and len(dry.skipped) == 2 and all(line.endswith(": done") for line in listed)
+
+
+def test_source_weights_and_lr_finder(tmp_path: Path) -> None:
+    path = _write_experiment(
+        tmp_path,
+        grid={"train.seed": [0], "model.weights": ["source:other_seed"], "optim.lr": ["find"]},
+        sources={"other_seed": {"data": {"seed": 3}}},
+        lr_finder={"num_iter": 5, "start_lr": 1e-5, "end_lr": 1e-1},
+    )
+    report = run_experiment(path, "cpu", run_root=tmp_path / "runs", progress=False, say=_quiet)
+    (row,) = read_rows(tmp_path / "results.csv")
+    assert row["weights"] == "other_seed"
+    (source_dir,) = (tmp_path / "runs" / "sources").iterdir()
+    assert (source_dir / "best.pt").is_file()
+    lr = float(row["lr"])
+    assert 1e-5 <= lr <= 1e-1 and math.isfinite(lr)
+    run_dir = tmp_path / "runs" / report.done[0]
+    assert (run_dir / "lr_find.json").is_file()
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["weights"] == str(source_dir / "best.pt")
+
+
+def test_smoke_mode_writes_to_a_temporary_folder(tmp_path: Path) -> None:
+    path = _write_experiment(tmp_path)
+    report = run_experiment(path, "cpu", smoke=True, progress=False, say=_quiet)
+    assert len(report.planned) == 1 and report.results != tmp_path / "results.csv"
+    assert report.results.is_file() and not (tmp_path / "results.csv").exists()
+    assert report.results.parent.name.startswith("medseg-smoke-tiny-")
+    assert report.run_root == report.results.parent / "runs"  # not the shared cache of real runs
+
+
+def test_a_run_cut_short_is_resumed_not_restarted(tmp_path: Path) -> None:
+    from medseg_tutorial.config import load_config
+    from medseg_tutorial.trainer import train
+
+    path = _write_experiment(tmp_path, grid={"train.seed": [0]})
+    exp = load_experiment(path, "cpu")
+    exp.config["train"]["epochs"] = 2
+    (spec,) = expand_grid(exp)
+    run_dir = tmp_path / "runs" / spec.run_id
+    train(load_config(spec.raw, ["train.epochs=1"]), run_dir, progress=False)
+    # what a sweep killed after epoch 0 leaves behind: last.pt, and run.json still "running"
+    info = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**info, "status": "running"}))
+
+    report = run_experiment(exp, run_root=tmp_path / "runs", progress=False, say=_quiet)
+    assert report.done == [spec.run_id]
+    (row,) = read_rows(tmp_path / "results.csv")
+    assert row["epochs"] == "2"
+    info = json.loads((run_dir / "run.json").read_text())
+    assert len(info["resumes"]) == 1 and info["status"] == "completed"

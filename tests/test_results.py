@@ -1,0 +1,193 @@
+"""Reading, aggregating and plotting committed results tables (small CSV fixtures in tmp_path)."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+
+from medseg_tutorial import results
+
+
+def _runs() -> pd.DataFrame:
+    """Two strategies x two label fractions x three seeds, with known means."""
+    rows = []
+    for strategy, offset in (("full_finetune", 0.1), ("scratch", 0.0)):
+        for fraction, n_pat, base in ((0.1, 18, 0.5), (1.0, 182, 0.8)):
+            for seed, noise in zip((0, 1, 2), (-0.01, 0.0, 0.01)):
+                rows.append({
+                    "experiment": "data_efficiency", "dataset": "msd_hippocampus", "strategy": strategy,
+                    "encoder": "efficientnet-lite0", "weights": "scratch" if strategy == "scratch" else "imagenet",
+                    "label_fraction": fraction, "n_train_patients": n_pat, "seed": seed, "loss": "dice_ce",
+                    "optimizer": "adamw", "split": "patient", "test_dice": base + offset + noise,
+                    "test_dice_anterior": base + offset, "val_dice_best": base, "best_epoch": 3, "epochs": 5,
+                    "wall_time_s": 10.0 + seed, "hardware": "cpu", "commit": "abc", "config": "x.yaml",
+                })
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    _runs().to_csv(tmp_path / "data_efficiency.csv", index=False)
+    return tmp_path
+
+
+def test_load_results_present_missing_and_invalid(folder):
+    df = results.load_results("data_efficiency", folder)
+    assert len(df) == 12 and set(results.RUN_COLUMNS) <= set(df.columns)
+    assert results.load_results("data_efficiency.csv", folder) is not None
+    assert results.load_results("source_transfer", folder) is None
+    pd.DataFrame(columns=["test_dice"]).to_csv(folder / "empty.csv", index=False)
+    assert results.load_results("empty", folder) is None
+    pd.DataFrame({"dice": [0.5]}).to_csv(folder / "bad.csv", index=False)
+    with pytest.raises(ValueError, match="missing columns"):
+        results.load_results("bad", folder)
+
+
+def test_missing_message_names_file_and_command(tmp_path):
+    msg = results.missing_message("source_transfer", tmp_path)
+    assert str(tmp_path / "source_transfer.csv") in msg
+    assert "medseg experiment source_transfer --preset cpu" in msg
+    assert "medseg experiment data_efficiency --preset gpu" in results.missing_message("gpu/data_efficiency", tmp_path)
+    assert str(tmp_path / "gpu" / "data_efficiency.csv") in results.missing_message("gpu/data_efficiency", tmp_path)
+    assert "medseg experiment other --preset cpu" in results.missing_message("other.csv", tmp_path)
+    assert results.experiment_command("gpu/leakage") == "medseg experiment leakage --preset gpu"
+
+
+def test_default_results_dir_is_repo_book_results_or_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    expected = results.REPO / "book" / "results"
+    assert results.default_results_dir() == (expected if expected.is_dir() else tmp_path / "results")
+
+
+def test_aggregate_mean_std_n_and_order(folder):
+    df = results.load_results("data_efficiency", folder)
+    agg = results.aggregate(df, ["strategy", "label_fraction"])
+    # scratch comes first whatever the row order in the file
+    assert agg["strategy"].tolist() == ["scratch", "scratch", "full_finetune", "full_finetune"]
+    row = agg[(agg.strategy == "full_finetune") & (agg.label_fraction == 0.1)].iloc[0]
+    assert row["mean"] == pytest.approx(0.6)
+    assert row["std"] == pytest.approx(0.01)  # sample std of (-0.01, 0, 0.01)
+    assert row["n"] == 3 and row["n_train_patients"] == 18
+    both = results.aggregate(df, ["strategy"], ["test_dice", "wall_time_s"])
+    assert {"test_dice_mean", "test_dice_std", "wall_time_s_mean", "n"} <= set(both.columns)
+    assert both.loc[both.strategy == "scratch", "wall_time_s_mean"].item() == pytest.approx(11.0)
+    with pytest.raises(KeyError, match="nope"):
+        results.aggregate(df, ["nope"])
+
+
+def test_aggregate_single_run_has_nan_std(folder):
+    df = results.load_results("data_efficiency", folder)
+    agg = results.aggregate(df[df.seed == 0], ["strategy", "label_fraction"])
+    assert agg["n"].eq(1).all() and agg["std"].isna().all()
+
+
+def test_mean_std_table_formats_cells(folder):
+    table = results.mean_std_table(results.load_results("data_efficiency", folder), "strategy", "label_fraction")
+    assert table.index.tolist() == ["scratch", "full_finetune"]
+    assert table.columns.tolist() == [0.1, 1.0]
+    assert table.loc["full_finetune", 1.0] == "0.900 ± 0.010"
+
+
+def test_paired_differences_by_seed(folder):
+    df = results.load_results("data_efficiency", folder)
+    diff = results.paired_differences(df, "strategy", "scratch", by=["label_fraction"])
+    assert diff["strategy"].eq("full_finetune").all() and len(diff) == 2
+    assert np.allclose(diff["mean_diff"], 0.1) and diff["wins"].eq(3).all() and diff["n"].eq(3).all()
+    # negative transfer shows up as a negative difference and no wins
+    worse = df.assign(test_dice=np.where(df.strategy == "scratch", df.test_dice + 0.2, df.test_dice))
+    d = results.paired_differences(worse, "strategy", "scratch", by=["label_fraction"])
+    assert (d["mean_diff"] < 0).all() and d["wins"].eq(0).all()
+    with pytest.raises(ValueError, match="several baseline runs"):
+        results.paired_differences(df, "strategy", "scratch", by=[], pair_on=["seed"])
+
+
+def test_order_levels_prefers_book_order():
+    assert results.order_levels(["lgg", "imagenet", "acdc", "scratch"], "weights") == [
+        "scratch", "imagenet", "acdc", "lgg"]
+    assert results.order_levels([1.0, 0.1, 0.25]) == [0.1, 0.25, 1.0]
+
+
+def test_plot_data_efficiency_draws_one_line_per_strategy(folder):
+    df = results.load_results("data_efficiency", folder)
+    ax = results.plot_data_efficiency(df, title="t")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["scratch", "full finetune"]
+    line = ax.get_lines()[0]
+    assert np.allclose(line.get_xdata(), [18, 182]) and np.allclose(line.get_ydata(), [0.5, 0.8])
+    assert ax.get_xscale() == "log" and "3 seeds" in ax.get_ylabel()
+    ax2 = results.plot_data_efficiency(df, x="label_fraction", logx=False)
+    assert np.allclose(ax2.get_lines()[0].get_xdata(), [0.1, 1.0])
+    plt.close("all")
+
+
+def test_plot_grouped_bars_heights(folder):
+    df = results.load_results("data_efficiency", folder)
+    ax = results.plot_grouped_bars(df, group="label_fraction", hue="weights")
+    heights = [p.get_height() for p in ax.patches]
+    assert np.allclose(sorted(heights), [0.5, 0.6, 0.8, 0.9])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.1", "1.0"]
+    ax = results.plot_grouped_bars(df, group="strategy")
+    assert len(ax.patches) == 2
+    plt.close("all")
+
+
+def _history(tmp_path):
+    hist = pd.DataFrame({
+        "epoch": [0, 1, 2, 3], "train_loss": [1.0, 0.8, 0.6, 0.5], "lr": [1e-3] * 4,
+        "val_dice": [0.2, 0.5, 0.7, 0.65], "val_dice_anterior": [0.1, 0.4, 0.6, 0.6],
+        "time": [1.0] * 4, "unfrozen": ["", "", "encoder.stage5", "encoder.stage4;encoder.stage3"],
+        "trainable": [10, 10, 20, 30], "step": [2, 4, 6, 8],
+    })
+    run = tmp_path / "run"
+    run.mkdir()
+    hist.to_csv(run / "metrics.csv", index=False)
+    return run, hist
+
+
+def test_read_history_and_training_curves(tmp_path):
+    run, hist = _history(tmp_path)
+    read = results.read_history(run)
+    assert read["unfrozen"].isna().tolist() == [True, True, False, False]
+    pd.testing.assert_frame_equal(results.read_history(run / "metrics.csv"), read)
+    ax_loss, ax_dice = results.plot_training_curves(run, title="run")
+    best = [ln for ln in ax_dice.get_lines() if ln.get_label().startswith("best")]
+    assert best and best[0].get_xdata()[0] == 2 and math.isclose(best[0].get_ydata()[0], 0.7)
+    vlines = [ln for ln in ax_loss.get_lines() if ln.get_linestyle() == ":"]
+    assert [ln.get_xdata()[0] for ln in vlines] == [1.5, 2.5]  # the two unfreezing epochs
+    assert any("stage4, stage3" in t.get_text() for t in ax_dice.texts)
+    results.plot_training_curves(hist, per_class=False, mark_unfreeze=False)
+    with pytest.raises(FileNotFoundError):
+        results.read_history(tmp_path / "nothing")
+    plt.close("all")
+
+
+def test_describe_differences_says_losses_plainly(folder):
+    df = results.load_results("data_efficiency", folder)
+    worse = df.assign(test_dice=np.where(df.strategy == "scratch", df.test_dice + 0.2, df.test_dice))
+    lines = results.describe_differences(
+        results.paired_differences(worse, "strategy", "scratch", by=["label_fraction"]), "strategy", "scratch")
+    assert len(lines) == 2
+    assert lines[0].startswith("full_finetune vs scratch (label_fraction=0.1): -0.100 ± 0.000 Dice, higher in 0 of 3")
+    assert all(line.endswith("WORSE than scratch in every paired run") for line in lines)
+    pooled = results.paired_differences(df, "strategy", "scratch", pair_on=["label_fraction", "seed"])
+    better = results.describe_differences(pooled, "strategy", "scratch")
+    assert better == ["full_finetune vs scratch: +0.100 ± 0.000 Dice, higher in 6 of 6 paired runs "
+                      "-> better in every paired run"]
+    # a sign that changes between seeds is reported as mixed, whatever the mean
+    noisy = df.assign(test_dice=df.test_dice + np.where(df.strategy == "scratch", 0.1 * (df.seed - 1) + 0.1, 0))
+    mixed = results.describe_differences(
+        results.paired_differences(noisy, "strategy", "scratch", by=["label_fraction"]), "strategy", "scratch")
+    assert all(line.endswith("mixed: the sign changes between runs") for line in mixed)
+
+
+def test_run_provenance(folder):
+    line = results.run_provenance(results.load_results("data_efficiency", folder))
+    assert line.startswith("12 runs") and "hardware: cpu" in line and "commit: abc" in line
+    assert "median 11 s per run" in line
