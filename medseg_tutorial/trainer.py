@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -170,7 +171,8 @@ def train(
                                 steps_per_epoch=batches // tc.accumulate, warmup_steps=cfg.optim.warmup_steps,
                                 min_lr_ratio=cfg.optim.min_lr_ratio, **cfg.optim.scheduler_params)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # fp16 only
-    loss_fn = build_loss(cfg.loss.name, cfg.loss.mode, **loss_kwargs(cfg)).to(device)
+    loss_fn = label_map_loss(build_loss(cfg.loss.name, cfg.loss.mode, **loss_kwargs(cfg)).to(device),
+                             cfg.loss.mode, cfg.model.classes)
     state = TrainState()
     if resume:
         state = load_training_state(run_dir / "last.pt", cfg, model, optimizer, scheduler, scaler, dist_info)
@@ -429,10 +431,15 @@ def batches_per_epoch(n_batches: int, accumulate: int, max_steps: int | None) ->
 # ==================================================================================================
 
 
+def label_map_loss(loss_fn: nn.Module, mode: str, classes: int):
+    """Our masks are label maps; a multi-label (per-class sigmoid) loss needs one channel per class."""
+    if mode != "multilabel":
+        return loss_fn
+    return lambda logits, y: loss_fn(logits, F.one_hot(y.long(), classes).permute(0, 3, 1, 2).float())
+
+
 def build_network(cfg: Config, device: torch.device) -> tuple[nn.Module, StrategyPlan]:
     """Build the model, apply the transfer-learning strategy, move it to ``device``."""
-    if cfg.loss.mode not in ("binary", "multiclass"):  # validation decodes to one label map per slice
-        raise NotImplementedError(f"the trainer supports binary and multiclass tasks, not {cfg.loss.mode!r}")
     mc = cfg.model
     model = build_model(mc.encoder, mc.weights, mc.in_channels, mc.classes, mc.arch, **mc.smp_kwargs)
     plan = get_strategy(cfg.strategy.name, **cfg.strategy.params).apply(model)  # freezes on the CPU copy
@@ -489,7 +496,11 @@ def predict(
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
             logits = model(normalize(x) if normalize else x)
-        out.append(decode(logits.float(), mode).to(torch.uint8).cpu().numpy())
+        if mode == "multilabel":  # one label per pixel for the metrics: the class with the highest sigmoid
+            labels = torch.sigmoid(logits.float()).argmax(1)
+        else:
+            labels = decode(logits.float(), mode)
+        out.append(labels.to(torch.uint8).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, *images.shape[2:]), np.uint8)
 
 

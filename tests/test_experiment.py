@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from medseg_tutorial import config as config_module
 from medseg_tutorial.config import ConfigError
 from medseg_tutorial.experiment import (
     append_row,
@@ -73,19 +73,9 @@ def test_grids_have_the_promised_shape() -> None:
         assert values(name, "train.seed") == [0, 1, 2]
 
 
-def _expected_failure(name: str) -> pytest.MarkDecorator | None:
-    """Experiments that need a trainer feature that may not exist yet fail for that reason only."""
-    if name == "leakage" and "split_mode" not in {f.name for f in config_module.DataConfig.__dataclass_fields__.values()}:
-        return pytest.mark.xfail(raises=ConfigError, reason="needs data.split_mode in config.DataConfig", strict=True)
-    if name == "activation":
-        return pytest.mark.xfail(raises=NotImplementedError, reason="needs multilabel support in the trainer",
-                                 strict=False)
-    return None
-
-
 @pytest.mark.parametrize(
     "path",
-    [pytest.param(p, marks=m) if (m := _expected_failure(p.stem)) else p for p in EXPERIMENTS],
+    EXPERIMENTS,
     ids=lambda p: p.stem,
 )
 def test_every_experiment_runs_in_smoke_mode(path: Path, shared_root: Path, tmp_path: Path) -> None:
@@ -225,6 +215,7 @@ def test_smoke_mode_writes_to_a_temporary_folder(tmp_path: Path) -> None:
     assert report.results.is_file() and not (tmp_path / "results.csv").exists()
     assert report.results.parent.name.startswith("medseg-smoke-tiny-")
     assert report.run_root == report.results.parent / "runs"  # not the shared cache of real runs
+    shutil.rmtree(report.results.parent)
 
 
 def test_a_run_cut_short_is_resumed_not_restarted(tmp_path: Path) -> None:

@@ -265,3 +265,14 @@ def test_slice_split_mode_leaks_patients_but_keeps_test_patients_out() -> None:
     assert len(leaky.val_rows) == len(honest.val_rows)
     used = set(ids[np.concatenate([leaky.train_rows, leaky.val_rows])])
     assert not used & set(leaky.split.test)
+
+
+def test_multilabel_mode_trains_with_one_sigmoid_per_class(tmp_path) -> None:
+    from medseg_tutorial.config import load_config
+    from medseg_tutorial.trainer import train
+
+    cfg = load_config("configs/phantom.yaml", ["preset=smoke", "train.device=cpu", "loss.mode=multilabel",
+                                               "loss.name=dice_bce", "train.epochs=1"])
+    result = train(cfg, run_dir=tmp_path / "run", progress=False)
+    assert 0.0 <= result.best_score <= 1.0
+    assert set(result.history.columns) >= {"train_loss", "val_dice"}

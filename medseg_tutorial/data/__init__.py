@@ -2,6 +2,13 @@
 
 # Importing the importer modules registers their datasets (msd_hippocampus, acdc, lgg, covid_ct, ...).
 from .acdc import acdc_official_split, read_acdc_h5, read_acdc_nifti, read_info_cfg
+from .catalog import (
+    DatasetStatus,
+    fetch_dataset,
+    format_dataset_list,
+    list_local_datasets,
+    manual_instructions,
+)
 from .check import CheckReport, Problem, check_dataset, summarize_dataset
 from .download import fetch_msd, msd_task_name
 from .errors import DataError
@@ -63,6 +70,7 @@ __all__ = [
     "CheckReport",
     "DataError",
     "DatasetInfo",
+    "DatasetStatus",
     "DeviceAugment",
     "DeviceBatchIterator",
     "Problem",
@@ -81,15 +89,19 @@ __all__ = [
     "default_normalizer",
     "default_num_workers",
     "eval_transform",
+    "fetch_dataset",
     "fetch_msd",
+    "format_dataset_list",
     "iter_cases",
     "label_fraction",
     "leakage_report",
     "list_datasets",
+    "list_local_datasets",
     "list_normalizers",
     "load_split",
     "make_loader",
     "make_phantom_case",
+    "manual_instructions",
     "msd_info",
     "msd_task_name",
     "normalize_case",
