@@ -25,7 +25,7 @@ install: $(BIN)/.installed
 
 ## Build the book, executing every chapter (HTML in _build/html).
 book: install
-	$(BIN)/jupyter-book build . -W -n --keep-going
+	$(BIN)/jupyter-book build . -W --keep-going
 
 ## Run the whole test suite: unit tests, real-data tests and the notebooks (nbval).
 test: install
