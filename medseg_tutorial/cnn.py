@@ -118,18 +118,34 @@ def conv_layers(module: nn.Module, skip: Sequence[str] = ("downsample",)) -> lis
         if any(token in name.split(".") for token in skip):
             continue
         if isinstance(m, nn.Conv2d):
-            out.append(RFLayer(name, _square(m.kernel_size, "kernel", name), _square(m.stride, "stride", name),
-                               _square(m.dilation, "dilation", name)))
+            out.append(
+                RFLayer(
+                    name,
+                    _square(m.kernel_size, "kernel", name),
+                    _square(m.stride, "stride", name),
+                    _square(m.dilation, "dilation", name),
+                )
+            )
         elif isinstance(m, nn.MaxPool2d | nn.AvgPool2d):
             kernel, stride = m.kernel_size, m.stride or m.kernel_size
             dilation = getattr(m, "dilation", 1)
-            out.append(RFLayer(name, _square(kernel, "kernel", name), _square(stride, "stride", name),
-                               _square(dilation, "dilation", name)))
+            out.append(
+                RFLayer(
+                    name,
+                    _square(kernel, "kernel", name),
+                    _square(stride, "stride", name),
+                    _square(dilation, "dilation", name),
+                )
+            )
     return out
 
 
 def measured_receptive_field(
-    fn: Callable[[torch.Tensor], torch.Tensor], in_channels: int = 3, size: int = 128, trials: int = 4, seed: int = 0
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    in_channels: int = 3,
+    size: int = 128,
+    trials: int = 4,
+    seed: int = 0,
 ) -> int:
     """Measure the receptive field of ``fn`` (input ``(1, C, size, size)`` -> feature ``(1, C', h, w)``).
 
@@ -176,12 +192,20 @@ def stage_shapes(model: nn.Module, input_shape: Sequence[int] = (1, 1, 128, 128)
     x = torch.zeros(*input_shape)
     rows = []
     for i, f in enumerate(encoder_features(model, x)):
-        rows.append({"stage": i, "shape": tuple(f.shape), "channels": f.shape[1],
-                     "downsampling": input_shape[-1] // f.shape[-1]})
+        rows.append(
+            {
+                "stage": i,
+                "shape": tuple(f.shape),
+                "channels": f.shape[1],
+                "downsampling": input_shape[-1] // f.shape[-1],
+            }
+        )
     return rows
 
 
-def stage_receptive_fields(model: nn.Module, input_shape: Sequence[int] = (1, 3, 128, 128)) -> list[dict[str, Any]]:
+def stage_receptive_fields(
+    model: nn.Module, input_shape: Sequence[int] = (1, 3, 128, 128)
+) -> list[dict[str, Any]]:
     """:func:`stage_shapes` plus the theoretical receptive field of every encoder stage's output.
 
     A stage's output is the deepest layer running at that stage's stride, so its receptive field is
@@ -246,19 +270,35 @@ class DeepConvNet(nn.Module):
     ``norm=True`` adds BatchNorm after every body convolution.
     """
 
-    def __init__(self, depth: int = 26, width: int = 16, in_channels: int = 1, classes: int = 2,
-                 residual: bool = False, init: str = "default", norm: bool = False) -> None:
+    def __init__(
+        self,
+        depth: int = 26,
+        width: int = 16,
+        in_channels: int = 1,
+        classes: int = 2,
+        residual: bool = False,
+        init: str = "default",
+        norm: bool = False,
+    ) -> None:
         super().__init__()
         if depth < 4 or depth % 2:
-            raise ValueError(f"depth counts all convolutions (stem + 2 per block + head): an even number >= 4, got {depth}")
+            raise ValueError(
+                f"depth counts all convolutions (stem + 2 per block + head): an even number >= 4, got {depth}"
+            )
         if init not in ("default", "kaiming"):
             raise ValueError(f"init must be 'default' or 'kaiming', got {init!r}")
         self.residual = residual
         self.stem = nn.Conv2d(in_channels, width, 3, padding=1)
         norm_layer = (lambda: nn.BatchNorm2d(width)) if norm else nn.Identity
         self.blocks = nn.ModuleList(
-            nn.ModuleDict({"conv1": nn.Conv2d(width, width, 3, padding=1), "norm1": norm_layer(),
-                           "conv2": nn.Conv2d(width, width, 3, padding=1), "norm2": norm_layer()})
+            nn.ModuleDict(
+                {
+                    "conv1": nn.Conv2d(width, width, 3, padding=1),
+                    "norm1": norm_layer(),
+                    "conv2": nn.Conv2d(width, width, 3, padding=1),
+                    "norm2": norm_layer(),
+                }
+            )
             for _ in range((depth - 2) // 2)
         )
         self.head = nn.Conv2d(width, classes, 1)
@@ -351,7 +391,9 @@ def gradient_flow(
             if not math.isfinite(losses[-1]):
                 break
             opt.step()
-    return GradientFlow([n for n, _ in net.convs()], first, _grad_norms(net), np.array(losses), residual, steps)
+    return GradientFlow(
+        [n for n, _ in net.convs()], first, _grad_norms(net), np.array(losses), residual, steps
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -393,6 +435,15 @@ def small_table(
     if not parts["images"]:
         raise ValueError(f"{name}: no cases found")
     cat = {k: np.concatenate(v) for k, v in parts.items()}
-    meta = {"dataset": name, "max_cases": max_cases, "size": list(size), "crop": crop, "foreground_only": foreground_only,
-            "normalizer": default_normalizer(info), "cached": False}
-    return SliceTable(cat["images"], cat["masks"], cat["ids"].astype(str), cat["index"], cat["spacing"], info, meta)
+    meta = {
+        "dataset": name,
+        "max_cases": max_cases,
+        "size": list(size),
+        "crop": crop,
+        "foreground_only": foreground_only,
+        "normalizer": default_normalizer(info),
+        "cached": False,
+    }
+    return SliceTable(
+        cat["images"], cat["masks"], cat["ids"].astype(str), cat["index"], cat["spacing"], info, meta
+    )

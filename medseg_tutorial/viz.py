@@ -71,7 +71,9 @@ def as_image(image: Any, channel: int | None = None) -> np.ndarray:
 
 def label_colors(num_classes: int) -> ListedColormap:
     """Colour map of a label map: class 0 transparent, class k the k-th :data:`CLASS_COLORS` entry."""
-    colors = [(0.0, 0.0, 0.0, 0.0)] + [to_rgba(CLASS_COLORS[(k - 1) % len(CLASS_COLORS)]) for k in range(1, num_classes)]
+    colors = [(0.0, 0.0, 0.0, 0.0)] + [
+        to_rgba(CLASS_COLORS[(k - 1) % len(CLASS_COLORS)]) for k in range(1, num_classes)
+    ]
     return ListedColormap(colors)
 
 
@@ -81,12 +83,22 @@ def _new_ax(ax: Any, figsize: tuple[float, float] = (4.0, 4.0)) -> Any:
     return ax
 
 
-def class_legend(ax: Any, class_names: Sequence[str], loc: str = "lower right", extra: Mapping[str, str] | None = None,
-                 fontsize: str = "x-small") -> None:
+def class_legend(
+    ax: Any,
+    class_names: Sequence[str],
+    loc: str = "lower right",
+    extra: Mapping[str, str] | None = None,
+    fontsize: str = "x-small",
+) -> None:
     """Add a legend with one coloured patch per foreground class (and ``extra`` label -> colour)."""
-    handles = [Patch(color=CLASS_COLORS[(k - 1) % len(CLASS_COLORS)], label=name)
-               for k, name in enumerate(class_names) if k > 0]
-    handles += [Patch(facecolor=color, edgecolor="black", label=label) for label, color in (extra or {}).items()]
+    handles = [
+        Patch(color=CLASS_COLORS[(k - 1) % len(CLASS_COLORS)], label=name)
+        for k, name in enumerate(class_names)
+        if k > 0
+    ]
+    handles += [
+        Patch(facecolor=color, edgecolor="black", label=label) for label, color in (extra or {}).items()
+    ]
     if handles:
         ax.legend(handles=handles, loc=loc, fontsize=fontsize, framealpha=0.7)
 
@@ -116,11 +128,21 @@ def overlay(
         if contour:
             for k in range(1, n):
                 if (labels == k).any():
-                    ax.contour(labels == k, levels=[0.5], colors=[CLASS_COLORS[(k - 1) % len(CLASS_COLORS)]],
-                               linewidths=1.2)
+                    ax.contour(
+                        labels == k,
+                        levels=[0.5],
+                        colors=[CLASS_COLORS[(k - 1) % len(CLASS_COLORS)]],
+                        linewidths=1.2,
+                    )
         else:
-            ax.imshow(np.ma.masked_equal(labels, 0), cmap=label_colors(n), vmin=0, vmax=n - 1, alpha=alpha,
-                      interpolation="nearest")
+            ax.imshow(
+                np.ma.masked_equal(labels, 0),
+                cmap=label_colors(n),
+                vmin=0,
+                vmax=n - 1,
+                alpha=alpha,
+                interpolation="nearest",
+            )
         if legend and class_names:
             class_legend(ax, class_names)
     ax.set_axis_off()
@@ -144,11 +166,26 @@ def show_examples(
     for ax in axes.flat[n:]:
         ax.set_axis_off()
     for ax, ex in zip(axes.flat, examples):
-        overlay(ex["image"], ex.get("mask"), ax=ax, class_names=ex.get("class_names"), channel=ex.get("channel"),
-                title=ex.get("title"), alpha=alpha)
+        overlay(
+            ex["image"],
+            ex.get("mask"),
+            ax=ax,
+            class_names=ex.get("class_names"),
+            channel=ex.get("channel"),
+            title=ex.get("title"),
+            alpha=alpha,
+        )
         if ex.get("caption"):
-            ax.text(0.5, -0.03, ex["caption"], transform=ax.transAxes, ha="center", va="top", fontsize=6.5,
-                    wrap=True)
+            ax.text(
+                0.5,
+                -0.03,
+                ex["caption"],
+                transform=ax.transAxes,
+                ha="center",
+                va="top",
+                fontsize=6.5,
+                wrap=True,
+            )
     fig.tight_layout()
     return fig
 
@@ -214,8 +251,13 @@ def plot_feature_maps(
     extra = 1 if image is not None else 0  # column of the input image
     label_w = 0.7  # width of the column holding the row labels, relative to a map
     ratios = [1.0] * extra + [label_w] + [1.0] * k
-    fig, axes = plt.subplots(len(features), len(ratios), figsize=(size * sum(ratios), 1.12 * size * len(features) + 0.4),
-                             squeeze=False, gridspec_kw={"wspace": 0.05, "hspace": 0.25, "width_ratios": ratios})
+    fig, axes = plt.subplots(
+        len(features),
+        len(ratios),
+        figsize=(size * sum(ratios), 1.12 * size * len(features) + 0.4),
+        squeeze=False,
+        gridspec_kw={"wspace": 0.05, "hspace": 0.25, "width_ratios": ratios},
+    )
     for ax in axes.flat:
         ax.set_axis_off()
     if image is not None:
@@ -225,8 +267,15 @@ def plot_feature_maps(
         arr = _numpy(feature)
         arr = arr[0] if arr.ndim == 4 else arr
         label = names[row] if names else f"stage {row}"
-        axes[row, extra].text(0.95, 0.5, f"{label}\n{arr.shape[0]} x {arr.shape[1]} x {arr.shape[2]}",
-                              transform=axes[row, extra].transAxes, ha="right", va="center", fontsize=7)
+        axes[row, extra].text(
+            0.95,
+            0.5,
+            f"{label}\n{arr.shape[0]} x {arr.shape[1]} x {arr.shape[2]}",
+            transform=axes[row, extra].transAxes,
+            ha="right",
+            va="center",
+            fontsize=7,
+        )
         for col, c in enumerate(top_channels(arr, k)):
             ax = axes[row, extra + 1 + col]
             ax.imshow(arr[c], cmap="viridis", interpolation="nearest")
@@ -278,9 +327,15 @@ def plot_activation_curves(curves: Mapping[str, Any], axes: Any = None) -> Any:
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(9.0, 3.4))
     value_ax, grad_ax = axes
-    for name, c in curves.items():
-        value_ax.plot(_numpy(c.x), _numpy(c.value), label=name)
-        grad_ax.plot(_numpy(c.x), _numpy(c.gradient), label=name)
+    dashes = ["-", "--", "-.", ":", (0, (5, 1, 1, 1))]
+    for i, (name, c) in enumerate(curves.items()):
+        kw = {
+            "label": name,
+            "ls": dashes[i % len(dashes)],
+            "lw": max(2.6 - 0.4 * i, 1.0),
+        }  # overlapping curves stay visible
+        value_ax.plot(_numpy(c.x), _numpy(c.value), **kw)
+        grad_ax.plot(_numpy(c.x), _numpy(c.gradient), **kw)
     value_ax.set_title("activation f(x)", fontsize="small")
     grad_ax.set_title("derivative f'(x): what backpropagation multiplies by", fontsize="small")
     for ax in axes:
@@ -331,18 +386,29 @@ def compare_decodings(
     if zoom is not None:
         rows, cols = np.nonzero((target > 0) | (mc > 0) | (labels > 0) | none | several)
         if len(rows):
-            box = (slice(max(rows.min() - zoom, 0), rows.max() + zoom + 1),
-                   slice(max(cols.min() - zoom, 0), cols.max() + zoom + 1))
-            image, target, mc, labels, none, several = (a[box] for a in (image, target, mc, labels, none, several))
+            box = (
+                slice(max(rows.min() - zoom, 0), rows.max() + zoom + 1),
+                slice(max(cols.min() - zoom, 0), cols.max() + zoom + 1),
+            )
+            image, target, mc, labels, none, several = (
+                a[box] for a in (image, target, mc, labels, none, several)
+            )
     multiclass_labels = mc
     overlay(image, target, ax=axes[0], class_names=class_names, title="reference")
     overlay(image, multiclass_labels, ax=axes[1], legend=False, title="softmax + arg-max")
-    overlay(image, labels, ax=axes[2], legend=False,
-            title=f"sigmoid > 0.5 per class\n{int(none.sum())} px no label, {int(several.sum())} px several")
+    overlay(
+        image,
+        labels,
+        ax=axes[2],
+        legend=False,
+        title=f"sigmoid > 0.5 per class\n{int(none.sum())} px no label, {int(several.sum())} px several",
+    )
     marks = np.zeros((*none.shape, 4))
-    marks[none] = to_rgba(NO_LABEL_COLOR)
-    marks[several] = to_rgba(SEVERAL_LABELS_COLOR)
+    marks[none] = to_rgba(NO_LABEL_COLOR, 0.8)
+    marks[several] = to_rgba(SEVERAL_LABELS_COLOR, 0.8)  # slightly see-through: the anatomy stays visible
     axes[2].imshow(marks, interpolation="nearest")
-    class_legend(axes[2], class_names, extra={"no label": NO_LABEL_COLOR, "several labels": SEVERAL_LABELS_COLOR})
+    class_legend(
+        axes[2], class_names, extra={"no label": NO_LABEL_COLOR, "several labels": SEVERAL_LABELS_COLOR}
+    )
     axes[0].figure.tight_layout()
     return axes

@@ -19,13 +19,19 @@ def test_receptive_field_recursion_by_hand():
 
 
 def test_two_3x3_convs_see_as_much_as_one_5x5():
-    assert cnn.receptive_field([("a", 3), ("b", 3)])[-1].receptive_field == cnn.receptive_field([("c", 5)])[-1].receptive_field
+    assert (
+        cnn.receptive_field([("a", 3), ("b", 3)])[-1].receptive_field
+        == cnn.receptive_field([("c", 5)])[-1].receptive_field
+    )
 
 
 def test_conv_layers_follow_the_main_path_of_a_resnet():
     model = build_model("resnet34", weights=None, in_channels=1, classes=2)
     layers = cnn.conv_layers(model.encoder)
-    assert [(layer.name, layer.kernel, layer.stride) for layer in layers[:2]] == [("conv1", 7, 2), ("maxpool", 3, 2)]
+    assert [(layer.name, layer.kernel, layer.stride) for layer in layers[:2]] == [
+        ("conv1", 7, 2),
+        ("maxpool", 3, 2),
+    ]
     assert not any("downsample" in layer.name for layer in layers)
     rows = cnn.receptive_field(layers)
     assert rows[1].receptive_field == 11  # the stem: 7x7/2 conv then 3x3/2 max-pool
@@ -41,8 +47,14 @@ def test_vgg16_stage_receptive_fields():
 
 def test_measured_receptive_field_matches_theory():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.MaxPool2d(2),
-                        nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+    )
     theory = cnn.receptive_field(cnn.conv_layers(net))[-1].receptive_field
     assert theory == 10
     assert cnn.measured_receptive_field(net, in_channels=1, size=32) == theory
@@ -108,7 +120,9 @@ def test_gradient_flow_is_reproducible():
 
 
 def test_small_table_prepares_a_few_real_cases(shared_root):
-    table = cnn.small_table("msd_hippocampus", max_cases=2, size=(32, 32), foreground_only=True, root=shared_root)
+    table = cnn.small_table(
+        "msd_hippocampus", max_cases=2, size=(32, 32), foreground_only=True, root=shared_root
+    )
     assert table.images.shape[1:] == (1, 32, 32) and table.images.dtype == np.float32
     assert len(table.patients) == 2 and table.info.name == "msd_hippocampus"
     assert all(m.any() for m in table.masks)  # foreground_only
@@ -120,3 +134,14 @@ def test_gradient_flow_restores_the_thread_setting():
     images = torch.randn(1, 1, 8, 8)
     cnn.gradient_flow(images, (images[:, 0] > 0).long(), residual=False, depth=4, width=2, steps=1, threads=1)
     assert torch.get_num_threads() == before
+
+
+def test_small_table_crop_zooms_in_on_the_centre(shared_root):
+    if not (shared_root / "acdc").is_dir():
+        pytest.skip("ACDC not present")
+    full = cnn.small_table("acdc", max_cases=2, size=(64, 64), root=shared_root)
+    zoomed = cnn.small_table("acdc", max_cases=2, size=(64, 64), crop=(144, 144), root=shared_root)
+    assert zoomed.images.shape == full.images.shape
+    assert (zoomed.masks > 0).sum() > 2 * (full.masks > 0).sum()  # the heart covers more pixels
+    assert (zoomed.spacing < full.spacing).all()  # finer pixels after the crop
+    assert zoomed.meta["crop"] == (144, 144)

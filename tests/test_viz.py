@@ -51,7 +51,10 @@ def test_overlay_draws_image_mask_and_legend():
 
 
 def test_show_examples_and_show_images_make_one_panel_per_item():
-    ex = [{"image": np.zeros((8, 8)), "mask": np.eye(8, dtype=int), "title": f"{i}", "caption": "CC"} for i in range(3)]
+    ex = [
+        {"image": np.zeros((8, 8)), "mask": np.eye(8, dtype=int), "title": f"{i}", "caption": "CC"}
+        for i in range(3)
+    ]
     fig = viz.show_examples(ex, ncols=2)
     assert len(fig.axes) == 4 and fig.axes[0].get_title() == "0"
     fig = viz.show_images([np.ones((4, 4)), -np.ones((4, 4))], titles=["a", "b"], symmetric=[False, True])
