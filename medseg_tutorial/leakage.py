@@ -100,7 +100,10 @@ def memorise(
     if len(train_rows) == 0:
         raise ValueError("the memoriser needs at least one training slice")
     if features is None:
-        train_f, test_f = slice_features(table.images[train_rows], size), slice_features(table.images[test_rows], size)
+        train_f, test_f = (
+            slice_features(table.images[train_rows], size),
+            slice_features(table.images[test_rows], size),
+        )
     else:
         if len(features) != len(table):
             raise ValueError(f"features has {len(features)} rows for a table of {len(table)} slices")
@@ -133,7 +136,10 @@ def memoriser_scores(
     pred = memorise(table, train_rows, test_rows, size, features=features)
     rows = pred.test_rows
     per_class = per_patient_scores(
-        pred.masks, table.masks[rows], table.patient_ids[rows], table.info.num_classes,
+        pred.masks,
+        table.masks[rows],
+        table.patient_ids[rows],
+        table.info.num_classes,
         slice_index=table.slice_index[rows],
     )
     scores = per_class.groupby("patient_id", sort=False)["dice"].mean().rename("dice").to_frame()
@@ -176,20 +182,22 @@ def leakage_experiment(
             scores, pred = memoriser_scores(table, rows["train"], rows["test"], size, features=features)
             report = leakage_report(table, {"train": rows["train"], "test": rows["test"]})
             train_patients = set(table.patient_ids[rows["train"]].tolist())
-            records.append({
-                "dataset": table.info.name,
-                "split": kind,
-                "seed": int(seed),
-                "dice": float(scores["dice"].mean()),
-                "dice_std": float(scores["dice"].std()),
-                "test_patients": report["patients"]["test"],
-                "test_slices": report["slices"]["test"],
-                "shared_patients": report["shared_patients"]["train&test"],
-                "test_slices_from_train_patients": float(
-                    np.isin(table.patient_ids[rows["test"]], list(train_patients)).mean()
-                ),
-                "neighbour_same_patient": pred.same_patient(table),
-            })
+            records.append(
+                {
+                    "dataset": table.info.name,
+                    "split": kind,
+                    "seed": int(seed),
+                    "dice": float(scores["dice"].mean()),
+                    "dice_std": float(scores["dice"].std()),
+                    "test_patients": report["patients"]["test"],
+                    "test_slices": report["slices"]["test"],
+                    "shared_patients": report["shared_patients"]["train&test"],
+                    "test_slices_from_train_patients": float(
+                        np.isin(table.patient_ids[rows["test"]], list(train_patients)).mean()
+                    ),
+                    "neighbour_same_patient": pred.same_patient(table),
+                }
+            )
     return pd.DataFrame.from_records(records)
 
 
@@ -222,9 +230,14 @@ def plot_leakage(results: pd.DataFrame, ax=None, colors: Mapping[str, str] | Non
             x = i + (j - (len(kinds) - 1) / 2) * width
             label = f"{kind}-level split" if i == 0 else None
             ax.bar(x, values.mean(), width * 0.9, color=colors.get(kind), alpha=0.35, label=label)
-            ax.scatter(x + rng.uniform(-width / 6, width / 6, len(values)), values, color=colors.get(kind), s=14, zorder=3)
+            ax.scatter(
+                x + rng.uniform(-width / 6, width / 6, len(values)),
+                values,
+                color=colors.get(kind),
+                s=14,
+                zorder=3,
+            )
     ax.set_xticks(range(len(datasets)), datasets)
     ax.set(ylabel="memoriser Dice per patient (test)", ylim=(0, 1))
     ax.legend(loc="upper right")
     return ax
-

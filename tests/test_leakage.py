@@ -33,8 +33,9 @@ def _toy_table(n_patients: int = 6, n_slices: int = 5, size: int = 16) -> SliceT
             ids.append(f"p{p}")
             index.append(s)
     n = len(images)
-    return SliceTable(np.stack(images), np.stack(masks), np.array(ids), np.array(index),
-                      np.ones((n, 2), np.float32), INFO)
+    return SliceTable(
+        np.stack(images), np.stack(masks), np.array(ids), np.array(index), np.ones((n, 2), np.float32), INFO
+    )
 
 
 def test_features_are_correlations() -> None:
