@@ -318,7 +318,7 @@ def load_config(
         if preset not in presets:
             hint = _did_you_mean(str(preset), presets)
             raise ConfigError(f"preset: unknown preset {preset!r}{hint}; this config has: {', '.join(presets) or 'none'}")
-        raw = _deep_merge(raw, presets[preset])
+        raw = deep_merge(raw, presets[preset])
         raw["preset"] = preset
     for key, value in parsed:
         if key != ["preset"]:
@@ -343,11 +343,12 @@ def _assign(raw: dict[str, Any], key: list[str], value: Any) -> None:
     node[key[-1]] = value
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
+def deep_merge(base: dict[str, Any], update: dict[str, Any] | None) -> dict[str, Any]:
+    """``base`` with ``update`` merged in, section by section; neither input is modified."""
+    out = copy.deepcopy(base)
     for key, value in (update or {}).items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out

@@ -60,7 +60,7 @@ from torch import nn
 
 from . import __version__
 from ._paths import cache_dir
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, deep_merge, load_config
 
 __all__ = [
     "SMOKE_OVERRIDES",
@@ -167,16 +167,6 @@ def list_experiments() -> list[str]:
     return sorted({p.stem for folder in _search_folders() if folder.is_dir() for p in folder.glob("*.yaml")})
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any] | None) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in (update or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
     """``raw["a"]["b"] = value`` for ``dotted == "a.b"``."""
     *parents, last = dotted.split(".")
@@ -231,12 +221,12 @@ def load_experiment(name: str | os.PathLike, preset: str | None = None) -> Exper
     if spec.get("base"):  # start from a configs/*.yaml (its own preset applied, defaults filled in)
         config = load_config(spec["base"], preset=spec.get("base_preset"), resolve=False).to_dict()
         config.pop("preset", None)
-    config = _deep_merge(_deep_merge(config, spec.get("config")), chosen.get("config"))
+    config = deep_merge(deep_merge(config, spec.get("config")), chosen.get("config"))
     grid = {**(spec.get("grid") or {}), **(chosen.get("grid") or {})}  # a preset replaces whole axes
     for axis, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"grid.{axis}: must be a non-empty list of values")
-    sources = {k: _deep_merge(v, (chosen.get("sources") or {}).get(k)) for k, v in (spec.get("sources") or {}).items()}
+    sources = {k: deep_merge(v, (chosen.get("sources") or {}).get(k)) for k, v in (spec.get("sources") or {}).items()}
     results = chosen.get("results", spec.get("results"))
     if results is not None:  # relative to the project, so the table lands in book/results from any cwd
         results = _project_root(path) / results
@@ -394,7 +384,7 @@ def source_raw(exp: Experiment, name: str, smoke: bool = False) -> dict[str, Any
     if name not in exp.sources:
         raise ConfigError(f"model.weights: {SOURCE_PREFIX}{name} but the experiment has no sources.{name} "
                           f"(sources: {', '.join(exp.sources) or 'none'})")
-    raw = _deep_merge(exp.config, exp.sources[name])
+    raw = deep_merge(exp.config, exp.sources[name])
     for key, value in (SMOKE_OVERRIDES if smoke else {}).items():  # not exp.smoke: that is for the grid's runs
         _set(raw, key, value)
     return raw
