@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import Config, _dataset_info
-from .data.preprocess import _pad_or_crop, normalize_case, resize_slices
+from .data.preprocess import _pad_or_crop, normalize_case, resize_slices, resized_shape
 from .data.splits import load_split, patient_split
 from .data.types import Case, SliceTable
 from .metrics import per_patient_scores, summarize_scores
@@ -116,15 +116,7 @@ def restore_size(labels: np.ndarray, hw: tuple[int, int], size: tuple[int, int],
     (pixel centres), so no in-between label values appear.
     """
     h, w = int(hw[0]), int(hw[1])
-    if mode == "resize":
-        inner = tuple(size)
-    elif mode == "letterbox":
-        scale = min(size[0] / h, size[1] / w)
-        inner = (min(size[0], max(1, round(h * scale))), min(size[1], max(1, round(w * scale))))
-    elif mode == "pad":
-        inner = (h, w)
-    else:
-        raise ValueError(f"unknown resize mode {mode!r}")
+    inner = resized_shape((h, w), size, mode)
     labels = _pad_or_crop(labels, inner, 0)  # the centred region that held the image
     if inner != (h, w):
         t = torch.from_numpy(np.ascontiguousarray(labels[:, None], np.uint8))

@@ -164,6 +164,19 @@ def _interpolate(image: np.ndarray, mask: np.ndarray | None, size: tuple[int, in
     return img, m[:, 0].numpy().astype(mask.dtype, copy=False)
 
 
+def resized_shape(hw: tuple[int, int], size: tuple[int, int], mode: str) -> tuple[int, int]:
+    """Shape a ``hw`` slice is interpolated to before padding/cropping to ``size`` under ``mode``."""
+    h, w = int(hw[0]), int(hw[1])
+    if mode == "resize":
+        return tuple(size)
+    if mode == "letterbox":
+        scale = min(size[0] / h, size[1] / w)
+        return (min(size[0], max(1, round(h * scale))), min(size[1], max(1, round(w * scale))))
+    if mode == "pad":
+        return (h, w)
+    raise ValueError(f"unknown resize mode {mode!r}; use one of {RESIZE_MODES}")
+
+
 def resize_slices(
     image: np.ndarray,
     mask: np.ndarray | None,
@@ -189,15 +202,7 @@ def resize_slices(
     if min(size) < 1:
         raise ValueError(f"size must be positive, got {size}")
     h, w = image.shape[-2:]
-    if mode == "resize":
-        new_hw = size
-    elif mode == "letterbox":
-        scale = min(size[0] / h, size[1] / w)
-        new_hw = (min(size[0], max(1, round(h * scale))), min(size[1], max(1, round(w * scale))))
-    elif mode == "pad":
-        new_hw = (h, w)
-    else:
-        raise ValueError(f"unknown resize mode {mode!r}; use one of {RESIZE_MODES}")
+    new_hw = resized_shape((h, w), size, mode)
     image, mask = _interpolate(image, mask, new_hw)
     # a pixel now covers (old extent / new extent) times as many millimetres
     new_spacing = (float(spacing[0]) * h / new_hw[0], float(spacing[1]) * w / new_hw[1])
