@@ -195,6 +195,18 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action="store_true", help="list the shipped experiments")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--threads", type=int, help="torch CPU threads (on a busy CPU, 1 can be much faster)")
+    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
+                   help="run every N-th grid point starting at K (0-based), e.g. two processes with 0/2 and 1/2")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected K/N, e.g. 0/2") from None
+    if not (n >= 1 and 0 <= k < n):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 0 <= K < N")
+    return k, n
 
 
 @command("experiment", "run a grid of training runs and append one row per run to a results table",
@@ -207,7 +219,7 @@ def _experiment(args: argparse.Namespace) -> int:
         return 0 if args.list else 2
     _set_threads(args.threads)
     report = run_experiment(args.name, args.preset, smoke=args.smoke, results=args.results, run_root=args.run_root,
-                            dry_run=args.dry_run, progress=args.progress)
+                            dry_run=args.dry_run, progress=args.progress, shard=args.shard)
     print(report.summary())
     for run_id, error in report.failed.items():
         print(f"  failed {run_id}: {error}", file=sys.stderr)

@@ -49,7 +49,8 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -303,8 +304,34 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock next to ``path``, so that shards of one sweep can share a results table."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: one process per table
+        yield
+        return
+    with open(path.with_name(f".{path.name}.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def append_row(path: Path, row: dict[str, Any]) -> None:
-    """Add one row to a results CSV atomically (write a temporary file, then rename it over the old one)."""
+    """Add one row to a results CSV atomically (write a temporary file, then rename it over the old one).
+
+    The read-modify-write happens under a file lock, so several processes (``--shard``) can append to
+    the same table.
+    """
+    with _locked(path):
+        _append_row(path, row)
+
+
+def _append_row(path: Path, row: dict[str, Any]) -> None:
     rows = [*read_rows(path), {k: _csv_value(v) for k, v in row.items()}]
     keys = list(dict.fromkeys(k for r in rows for k in r))
     head = [c for c in COLUMNS if c in keys]
@@ -534,6 +561,7 @@ def run_experiment(
     dry_run: bool = False,
     keep_going: bool | None = None,
     progress: bool | None = None,
+    shard: tuple[int, int] = (0, 1),
     say: Callable[[str], None] = print,
 ) -> ExperimentReport:
     """Run every grid point of an experiment that is not yet in its results table.
@@ -546,6 +574,8 @@ def run_experiment(
         run_root: folder of the run folders (default ``<cache>/experiments/<name>/<preset>``).
         dry_run: only validate every config and report which runs are done and which are pending.
         keep_going: record a failed run and go on (default: yes, except in smoke mode).
+        shard: ``(k, n)`` runs only the grid points whose 0-based index is ``k`` modulo ``n``; ``n``
+            processes with ``k = 0 .. n-1`` share one sweep (and its results table) without overlap.
     """
     exp = name if isinstance(name, Experiment) else load_experiment(name, preset)
     scratch = Path(tempfile.mkdtemp(prefix=f"medseg-smoke-{exp.name}-")) if smoke and not dry_run else None
@@ -558,7 +588,10 @@ def run_experiment(
                                             cache_dir() / "experiments" / exp.name / (exp.preset or "default"))
     keep_going = (not smoke) if keep_going is None else keep_going
 
-    planned = expand_grid(exp, smoke)
+    k, n = shard
+    if not (n >= 1 and 0 <= k < n):
+        raise ConfigError(f"shard {k}/{n}: expected K/N with 0 <= K < N")
+    planned = expand_grid(exp, smoke)[k::n]
     for spec in planned:  # a typo in any run fails now, not hours into the sweep
         check_config(spec)
     for source in sorted({source_name(spec.raw) for spec in planned} - {None}):

@@ -136,6 +136,16 @@ def test_expand_grid_combines_axes_and_mapping_values(tmp_path: Path) -> None:
     assert smoke.overrides == runs[0].overrides and smoke.raw["train"]["max_steps_per_epoch"] == 2
 
 
+def test_shards_split_a_sweep_without_overlap(tmp_path: Path) -> None:
+    path = _write_experiment(tmp_path, grid={"train.seed": [0, 1, 2], "loss.name": ["dice", "ce"]})
+    every = [spec.run_id for spec in expand_grid(load_experiment(path, "cpu"))]
+    shards = [run_experiment(path, "cpu", dry_run=True, shard=(k, 3), say=_quiet).planned for k in range(3)]
+    ids = [spec.run_id for shard in shards for spec in shard]
+    assert sorted(ids) == sorted(every) and [len(s) for s in shards] == [2, 2, 2]
+    with pytest.raises(ConfigError, match="shard 2/2"):
+        run_experiment(path, "cpu", dry_run=True, shard=(2, 2), say=_quiet)
+
+
 def test_run_id_is_stable_and_depends_on_every_value() -> None:
     a = {"train": {"seed": 0, "epochs": 2}, "data": {"dataset": "phantom"}}
     b = {"data": {"dataset": "phantom"}, "train": {"epochs": 2, "seed": 0}}
@@ -162,7 +172,26 @@ def test_append_row_is_atomic_and_keeps_every_column(tmp_path: Path) -> None:
     rows = read_rows(path)
     assert [r["run_id"] for r in rows] == ["a", "b"]
     assert rows[0]["extra"] == "" and rows[1]["test_dice"] == "" and rows[0]["test_dice_organ"] == "0.25"
-    assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
+    assert [p for p in path.parent.iterdir() if not p.name.endswith(".lock")] == [path]  # no temporary file
+
+
+def _append_many(path: str, tag: str, count: int) -> None:
+    for i in range(count):
+        append_row(Path(path), {"experiment": "x", "run_id": f"{tag}{i}", "test_dice": i / count})
+
+
+def test_processes_appending_to_one_table_lose_no_rows(tmp_path: Path) -> None:
+    import multiprocessing
+
+    path = tmp_path / "results.csv"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_append_many, args=(str(path), tag, 25)) for tag in "ab"]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    assert sorted(r["run_id"] for r in read_rows(path)) == sorted(f"{t}{i}" for t in "ab" for i in range(25))
 
 
 # --- running: resume, sources, LR finder -------------------------------------------------------------
