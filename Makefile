@@ -32,7 +32,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check medseg_tutorial tests benchmarks
+	$(BIN)/ruff check .
 
 ## Open the chapters in JupyterLab.
 lab: install
