@@ -10,6 +10,7 @@ import os
 import platform
 import random
 import subprocess
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,8 +71,13 @@ def device_name() -> str:
     return platform.processor() or platform.machine() or "CPU"
 
 
-def setup(seed: int = 0, quiet: bool = False) -> Environment:
-    """Seed every RNG, set a readable plot style and report the environment."""
+def setup(seed: int = 0, quiet: bool = False, datasets: Sequence[str] = ()) -> Environment:
+    """Seed every RNG, set a readable plot style, report the environment, and fetch missing data.
+
+    ``datasets`` are the public datasets the chapter cannot do without: each missing one is
+    downloaded (checksum-verified, cached) into the data root; if that is impossible, a
+    :class:`~medseg_tutorial.data.DataError` says why and how to get it, before any other cell runs.
+    """
     import torch
 
     random.seed(seed)
@@ -95,7 +101,22 @@ def setup(seed: int = 0, quiet: bool = False) -> Environment:
     )
     if not quiet:
         print(env)
+    for name in datasets:
+        require_dataset(name, say=(lambda _: None) if quiet else print)
     return env
+
+
+def require_dataset(name: str, say: Callable[[str], None] = print) -> None:
+    """Make sure dataset ``name`` is under the data root, downloading it if it is public."""
+    from .data.catalog import ensure_dataset
+    from .data.errors import DataError
+    from .data.registry import dataset_path
+
+    if ensure_dataset(name, say=say):
+        say(f"{name}: {dataset_path(name)}")
+    else:
+        raise DataError(dataset_path(name), f"this chapter needs {name}, which is neither here nor downloadable "
+                        f"now (see the message above); `medseg data fetch {name}` gets it")
 
 
 def dataset_available(subdir: str) -> bool:

@@ -4,13 +4,15 @@
 from .acdc import acdc_official_split, read_acdc_h5, read_acdc_nifti, read_info_cfg
 from .catalog import (
     DatasetStatus,
+    downloadable,
+    ensure_dataset,
     fetch_dataset,
     format_dataset_list,
     list_local_datasets,
     manual_instructions,
 )
 from .check import CheckReport, Problem, check_dataset, summarize_dataset
-from .download import fetch_msd, msd_task_name
+from .download import archive_source, fetch_msd, msd_task_name
 from .errors import DataError
 from .gpu_augment import DeviceAugment, DeviceBatchIterator, affine_theta
 from .msd import msd_info, read_msd_task, register_msd_task
@@ -80,6 +82,7 @@ __all__ = [
     "Split",
     "acdc_official_split",
     "affine_theta",
+    "archive_source",
     "cache_path",
     "check_dataset",
     "ct_window",
@@ -88,6 +91,8 @@ __all__ = [
     "dataset_path",
     "default_normalizer",
     "default_num_workers",
+    "downloadable",
+    "ensure_dataset",
     "eval_transform",
     "fetch_dataset",
     "fetch_msd",

@@ -10,6 +10,7 @@ where to get the files, their licence, and where to put them under the data root
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +19,22 @@ from . import acdc as _acdc  # noqa: F401  (importing the importer modules regis
 from . import msd as _msd  # noqa: F401
 from . import paired as _paired  # noqa: F401
 from . import phantom as _phantom  # noqa: F401
-from .download import fetch_msd, msd_task_name
+from .download import archive_source, fetch_msd, msd_task_name
+from .errors import DataError
 from .registry import dataset_info, dataset_path, list_datasets
 
-__all__ = ["DatasetStatus", "fetch_dataset", "format_dataset_list", "list_local_datasets", "manual_instructions"]
+DOWNLOAD_ENV = "MEDSEG_NO_DOWNLOAD"  # "1": never download (air-gapped machines, CI)
+
+__all__ = [
+    "DOWNLOAD_ENV",
+    "DatasetStatus",
+    "downloadable",
+    "ensure_dataset",
+    "fetch_dataset",
+    "format_dataset_list",
+    "list_local_datasets",
+    "manual_instructions",
+]
 
 
 @dataclass(frozen=True)
@@ -130,10 +143,57 @@ def fetch_dataset(name: str, root: str | os.PathLike | None = None, progress: bo
     target = dataset_path(name, root)
     if _is_present(target):
         return f"{name} is already present at {target}; check it with: medseg data check {name}"
-    parts = Path(info.subdir).parts
-    if len(parts) == 2 and parts[0] == "msd":  # a Decathlon task: public, no account needed
-        task = msd_task_name(parts[1])
+    if downloadable(name):  # a Decathlon task: public, no account needed
+        task = msd_task_name(Path(info.subdir).name)
         folder = fetch_msd(task, dest=data_root(root) / "msd", progress=progress)
         return (f"downloaded {task} to {folder}\nlicence: {info.licence}; cite: {info.citation}\n"
                 f"check it with: medseg data check {name}")
     return manual_instructions(name, root)
+
+
+def downloadable(name: str) -> bool:
+    """Whether dataset ``name`` can be downloaded without an account (the Decathlon tasks)."""
+    parts = Path(dataset_info(name).subdir or "").parts
+    return len(parts) == 2 and parts[0] == "msd"
+
+
+def ensure_dataset(
+    name: str,
+    root: str | os.PathLike | None = None,
+    *,
+    download: bool | None = None,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> bool:
+    """Make dataset ``name`` available under the data root if it can be; return whether it is.
+
+    Present files are used as they are. A missing public dataset (an MSD task) is downloaded with
+    :func:`fetch_dataset`, unless ``download`` is False or ``$MEDSEG_NO_DOWNLOAD=1``. A missing
+    dataset that needs an account, or a download that fails (no network, read-only data root), is
+    reported through ``say`` and gives False: callers fall back rather than fail.
+    """
+    info = dataset_info(name)
+    if not info.subdir:  # generated on the fly
+        return True
+    target = dataset_path(name, root)
+    if _is_present(target):
+        return True
+    if not downloadable(name):
+        say(f"{name} is not under {data_root(root)} and needs an account to download: "
+            f"`medseg data fetch {name}` explains how to get it.")
+        return False
+    if download is None:
+        download = os.environ.get(DOWNLOAD_ENV) != "1"
+    task = msd_task_name(Path(info.subdir).name)
+    if not download:
+        say(f"{name} is not under {data_root(root)}, and downloads are off ({DOWNLOAD_ENV}=1): "
+            f"`medseg data fetch {name}` downloads it.")
+        return False
+    url = archive_source(task)[0]
+    say(f"{name} is not under {data_root(root)}: downloading {url} (licence: {info.licence})")
+    try:
+        fetch_dataset(name, root, progress=progress)
+    except DataError as err:
+        say(f"{name}: {err}\nRetry with `medseg data fetch {name}`, or put the files in {target}.")
+        return False
+    return _is_present(target)

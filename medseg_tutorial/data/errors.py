@@ -15,6 +15,7 @@ PROBLEM_KINDS = {
     "duplicate": "one case is stored in several files",
     "empty": "no images found",
     "checksum": "a downloaded archive does not match its known checksum",
+    "download": "an archive could not be downloaded (no network, server error, no space)",
 }
 
 
