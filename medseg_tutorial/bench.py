@@ -15,9 +15,9 @@ batch size, loss and device. Each repeat times ``steps`` steps after ``warmup`` 
 report gives the median over repeats, of wall time and of the process's CPU time (steadier on a
 shared machine). A step includes drawing its batch from the loader, which is stateful, so the
 steps are timed with ``time.perf_counter`` around CUDA synchronisation rather than with
-``torch.utils.benchmark.Timer`` (made for re-running one statement). FLOPs of one training step (forward + backward) come from
-``torch.utils.flop_counter.FlopCounterMode``; it counts convolutions and matrix products, the bulk
-of the work, so achieved TFLOP/s is a slight underestimate. On CUDA it is set against a stated
+``torch.utils.benchmark.Timer`` (made for re-running one statement). FLOPs of one training step are 3 x the forward FLOPs
+that ``torch.utils.flop_counter.FlopCounterMode`` counts (see :func:`training_flops`); it counts
+convolutions and matrix products, the bulk of the work, so achieved TFLOP/s is a slight underestimate. On CUDA it is set against a stated
 dense bf16 peak of the card; on a CPU the fraction of peak is reported as n/a.
 
 Command line: ``medseg bench --device cpu --size 64`` (see ``benchmarks/README.md``).
@@ -229,11 +229,18 @@ def plain_step(cfg: Config, model: nn.Module, device: torch.device) -> tuple[Cal
 
 
 def training_flops(model: nn.Module, x: torch.Tensor) -> int:
-    """FLOPs of one forward + backward pass of ``model`` on batch ``x`` (weights are left untouched)."""
-    model = copy.deepcopy(model)  # the backward pass must not leave gradients on the real model
-    with FlopCounterMode(display=False) as counter:
-        model(x).float().sum().backward()
-    return int(counter.get_total_flops())
+    """FLOPs of one training step of ``model`` on batch ``x``: 3 x the counted forward FLOPs.
+
+    The backward pass of a convolution or linear layer costs two products of the forward's size
+    (gradients for the input and for the weights), hence the usual factor 3. The backward pass is
+    not counted directly because ``FlopCounterMode`` prices a grouped (depthwise) convolution's
+    backward as if it were dense: for ``groups=32`` it reports 34 x the forward instead of 3 x,
+    which would inflate EfficientNet's TFLOP/s about threefold (chapter 9 shows the check).
+    """
+    model = copy.deepcopy(model)  # a forward pass in train mode would move BatchNorm's running stats
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return 3 * int(counter.get_total_flops())
 
 
 def peak_tflops(device: torch.device) -> tuple[float | None, str]:
