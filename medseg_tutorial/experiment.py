@@ -64,6 +64,7 @@ from ._paths import cache_dir
 from .config import Config, ConfigError, deep_merge, load_config
 
 __all__ = [
+    "CURVE_COLUMNS",
     "SMOKE_OVERRIDES",
     "Experiment",
     "ExperimentReport",
@@ -71,6 +72,7 @@ __all__ = [
     "append_row",
     "check_config",
     "cpu_name",
+    "curves_path",
     "evaluate_test",
     "expand_grid",
     "find_experiment",
@@ -82,6 +84,7 @@ __all__ = [
     "run_id",
     "source_name",
     "source_raw",
+    "write_curves",
 ]
 
 # Smoke runs: a couple of steps of a shallow network on tiny slices, on the CPU.
@@ -551,6 +554,43 @@ def _row(exp: Experiment, spec: RunSpec, cfg: Config, run_dir: Path) -> dict[str
     }
 
 
+CURVE_COLUMNS = ("epoch", "step", "train_loss", "lr", "val_dice")
+
+
+def curves_path(results: Path) -> Path:
+    """Where the per-epoch curves of a results table go: ``NAME.csv`` -> ``NAME_curves.csv``."""
+    return results.with_name(f"{results.stem}_curves.csv")
+
+
+def write_curves(results: Path, run_root: Path) -> Path | None:
+    """Collect the per-epoch log (``metrics.csv``) of every run in ``results`` into one small table.
+
+    One row per (run, epoch) with :data:`CURVE_COLUMNS`; join it to the results table on
+    ``run_id`` for the run's settings. Runs whose folder is gone (another machine) keep the rows
+    the curves table already had. Returns the path, or None when there is nothing to write.
+    """
+    out = curves_path(results)
+    kept = {r["run_id"]: [] for r in read_rows(results)}
+    for row in read_rows(out):
+        if row.get("run_id") in kept:
+            kept[row["run_id"]].append(row)
+    for run_id in kept:
+        log = run_root / run_id / "metrics.csv"
+        if log.is_file():
+            kept[run_id] = [{"run_id": run_id, **{c: r.get(c, "") for c in CURVE_COLUMNS}} for r in read_rows(log)]
+    rows = [row for run_rows in kept.values() for row in run_rows]
+    if not rows:
+        return None
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    with _locked(out):
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["run_id", *CURVE_COLUMNS], extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, out)
+    return out
+
+
 def run_experiment(
     name: str | os.PathLike | Experiment,
     preset: str | None = None,
@@ -623,4 +663,6 @@ def run_experiment(
             continue
         report.done.append(spec.run_id)
         say(f"{label}: done in {time.perf_counter() - started:.0f}s -> {results}")
+    if not dry_run and results.is_file():
+        write_curves(results, root)
     return report

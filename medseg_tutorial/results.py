@@ -41,11 +41,13 @@ __all__ = [
     "default_results_dir",
     "describe_differences",
     "experiment_command",
+    "load_curves",
     "load_results",
     "mean_std_table",
     "missing_message",
     "order_levels",
     "paired_differences",
+    "plot_curves",
     "plot_data_efficiency",
     "plot_grouped_bars",
     "plot_training_curves",
@@ -103,6 +105,20 @@ def load_results(
     if missing:
         raise ValueError(f"{path}: missing columns {missing}; found {list(df.columns)}")
     return df
+
+
+def load_curves(name: str, folder: str | os.PathLike | None = None) -> pd.DataFrame | None:
+    """Per-epoch curves of table ``name`` (``NAME_curves.csv``) joined with the runs' settings; None if absent.
+
+    Columns: those of the results table (optimizer, seed, strategy, ...) plus ``epoch``, ``step``,
+    ``train_loss``, ``lr`` (renamed ``epoch_lr``) and ``val_dice`` (renamed ``epoch_val_dice``).
+    """
+    runs = load_results(name, folder)
+    path = results_path(f"{name}_curves", folder)
+    if runs is None or not path.is_file():
+        return None
+    curves = pd.read_csv(path).rename(columns={"lr": "epoch_lr", "val_dice": "epoch_val_dice"})
+    return curves.merge(runs, on="run_id", how="inner") if len(curves) else None
 
 
 def experiment_command(name: str) -> str:
@@ -385,6 +401,29 @@ def read_history(run: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
 
 def _short_stage(name: str) -> str:
     return name.replace("encoder.", "")
+
+
+def plot_curves(
+    curves: pd.DataFrame, hue: str, value: str = "train_loss", ax: Any = None, title: str | None = None
+) -> Any:
+    """Mean ± standard deviation over runs of ``value`` per epoch, one line per level of ``hue``.
+
+    ``curves`` is what :func:`load_curves` returns (one row per run and epoch); epochs without a
+    value (no validation that epoch) are skipped. Returns the axes.
+    """
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        ax = plt.subplots(figsize=(5.6, 3.6))[1]
+    data = curves.dropna(subset=[value])
+    for level in order_levels(data[hue], hue):
+        part = data[data[hue] == level].groupby("epoch")[value].agg(["mean", "std", "count"]).reset_index()
+        ax.errorbar(part["epoch"], part["mean"], yerr=part["std"].fillna(0), marker="o", ms=3, capsize=2,
+                    label=f"{_label(str(level))} (n={int(part['count'].max())})")
+    ax.set(xlabel="epoch", ylabel=_label(value), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small")
+    return ax
 
 
 def plot_training_curves(

@@ -19,6 +19,7 @@ import yaml
 from medseg_tutorial.config import ConfigError
 from medseg_tutorial.experiment import (
     append_row,
+    curves_path,
     expand_grid,
     list_experiments,
     load_experiment,
@@ -26,6 +27,7 @@ from medseg_tutorial.experiment import (
     run_experiment,
     run_id,
 )
+from medseg_tutorial.results import load_curves
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((REPO / "configs" / "experiments").glob("*.yaml"))
@@ -212,6 +214,13 @@ def test_a_rerun_skips_finished_rows_and_redoes_a_deleted_one(tmp_path: Path) ->
     third = run_experiment(path, "cpu", run_root=runs, progress=False, say=_quiet)
     assert third.done == [rows[1]["run_id"]] and third.skipped == [rows[0]["run_id"]]
     assert sorted(r["run_id"] for r in read_rows(results)) == sorted(first.done)
+
+    # one curve row per (run, epoch), joined to the runs' settings by results.load_curves
+    curves = read_rows(curves_path(results))
+    assert sorted({r["run_id"] for r in curves}) == sorted(first.done) and len(curves) == 2  # 1 epoch each
+    assert all(float(r["train_loss"]) > 0 for r in curves)
+    joined = load_curves("results", folder=tmp_path)
+    assert sorted(joined["seed"]) == [0, 1] and joined["epoch"].tolist() == [0, 0]
 
     listed = []
     dry = run_experiment(path, "cpu", run_root=runs, dry_run=True, say=listed.append)
