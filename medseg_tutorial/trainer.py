@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from ._version import __version__
 from .activations import decode
-from .config import Config, load_config
+from .config import Config, ConfigError, load_config
 from .data.gpu_augment import DeviceAugment, DeviceBatchIterator
 from .data.prepare import prepare_dataset
 from .data.splits import Split, label_fraction, load_split, patient_split, save_split
@@ -584,7 +584,11 @@ def load_training_state(
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if ckpt.get("format") != STATE_FORMAT:
         raise ValueError(f"{path} is not a training-state checkpoint (format {ckpt.get('format')!r})")
-    changed = [k for k in _diff(ckpt["config"], cfg.to_dict()) if k not in RESUMABLE_CHANGES]
+    try:  # a checkpoint from an older version lacks newer keys: they take their defaults
+        saved = Config.from_dict(ckpt["config"]).to_dict()
+    except ConfigError as err:
+        raise ValueError(f"cannot resume {path}: its config is not valid in this version ({err})") from err
+    changed = [k for k in _diff(saved, cfg.to_dict()) if k not in RESUMABLE_CHANGES]
     if changed:
         raise ValueError(f"cannot resume {path}: the config changed in {', '.join(changed)}")
     unwrap(model).load_state_dict(ckpt["model"])

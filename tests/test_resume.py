@@ -145,6 +145,20 @@ def test_resume_refuses_a_changed_config(tmp_path: Path, one_thread) -> None:
     assert result.epochs_run == 2 and list(result.history["epoch"]) == [0, 1]
 
 
+def test_resume_a_checkpoint_written_before_a_config_key_existed(tmp_path: Path, one_thread) -> None:
+    cfg = load_config("phantom", ["preset=smoke", "train.epochs=1", "train.max_steps_per_epoch=1"])
+    train(cfg, tmp_path, progress=False)
+    state = _state(tmp_path / "last.pt")
+    del state["config"]["data"]["split_mode"]  # as written by a version without data.split_mode
+    torch.save(state, tmp_path / "last.pt")
+    longer = load_config("phantom", ["preset=smoke", "train.epochs=2", "train.max_steps_per_epoch=1"])
+    assert train(longer, tmp_path, resume=True, progress=False).epochs_run == 2
+    state["config"]["data"]["split_mode"] = "slice"  # a real change is still refused
+    torch.save(state, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match=r"config changed in data\.split_mode"):
+        train(longer, tmp_path, resume=True, progress=False)
+
+
 def test_resume_without_checkpoint_fails_clearly(tmp_path: Path) -> None:
     cfg = load_config("phantom", ["preset=smoke"])
     with pytest.raises(FileNotFoundError, match="cannot resume"):
