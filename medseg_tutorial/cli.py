@@ -267,7 +267,9 @@ def _course_args(p: argparse.ArgumentParser) -> None:
     e = sub.add_parser("export", help="write student (solutions removed) and teacher copies of the chapters")
     e.add_argument("dest", type=Path, help="output folder; student/ and teacher/ are written inside it")
     e.add_argument("--book", type=Path, help="folder of chapter notebooks (default: the repository's book/)")
-    e.add_argument("--execute", action="store_true", help="run every copied notebook and report failures")
+    e.add_argument("--execute", nargs="?", const="both", choices=("both", "student", "teacher"),
+                   help="run the copied notebooks (both copies, or only the student or teacher copy) and "
+                        "report failures")
     e.add_argument("--timeout", type=int, default=600, help="seconds per cell with --execute (default 600)")
     e.add_argument("--force", action="store_true", help="replace existing student/ and teacher/ folders")
 
@@ -277,7 +279,7 @@ def _course(args: argparse.Namespace) -> int:
     from .course import export_course
 
     result = export_course(
-        args.dest, args.book, execute=args.execute, timeout=args.timeout, overwrite=args.force
+        args.dest, args.book, execute=args.execute or False, timeout=args.timeout, overwrite=args.force
     )
     print(result.summary())
     return 0 if result.ok else 1

@@ -78,7 +78,7 @@ class CourseExport:
     teacher_dir: Path
     notebooks: list[NotebookExport]
     resources: dict[str, list[Path]]  # copy name -> files copied beside its notebooks
-    executed: bool = False
+    executed: tuple[str, ...] = ()  # the copies that were run ("student", "teacher")
     failures: list[ExecutionFailure] = field(default_factory=list)
 
     @property
@@ -91,7 +91,8 @@ class CourseExport:
         lines += [f"{n.name:<40} {n.exercises:>9}  {n.solution_cells_removed:>22}" for n in self.notebooks]
         lines.append(f"student copy: {self.student_dir}\nteacher copy: {self.teacher_dir}")
         if self.executed:
-            lines.append(f"executed {2 * len(self.notebooks)} notebooks, {len(self.failures)} failed")
+            lines.append(f"executed {len(self.executed) * len(self.notebooks)} notebooks "
+                         f"({' and '.join(self.executed)} copies), {len(self.failures)} failed")
             lines += [f"FAILED {f}" for f in self.failures]
         return "\n".join(lines)
 
@@ -322,15 +323,19 @@ def export_course(
     dest: Path,
     book_dir: Path | None = None,
     *,
-    execute: bool = False,
+    execute: bool | str = False,
     timeout: int = 600,
     overwrite: bool = False,
 ) -> CourseExport:
     """Write ``dest/student`` and ``dest/teacher`` copies of every chapter notebook in ``book_dir``.
 
-    ``execute=True`` then runs each copied notebook (cwd = its folder) and records failures instead
-    of raising, so one broken chapter does not hide the others.
+    ``execute=True`` (or ``"both"``) then runs each copied notebook (cwd = its folder) and records
+    failures instead of raising, so one broken chapter does not hide the others; ``"student"`` or
+    ``"teacher"`` runs that copy only (the teacher copy is the book itself, which its build runs).
     """
+    kinds = COPIES if execute in (True, "both") else (execute,) if execute else ()
+    if any(kind not in COPIES for kind in kinds):
+        raise ValueError(f"execute={execute!r}: expected a bool, 'both', or one of {COPIES}")
     book_dir = Path(book_dir) if book_dir is not None else REPO / "book"
     paths = chapter_notebooks(book_dir)
     if not paths:
@@ -366,10 +371,9 @@ def export_course(
             shutil.copy2(book_dir / rel, folder / rel)
         (folder / "README.md").write_text(_readme(kind, title, list(notebooks)))
 
-    result = CourseExport(dest, dest / "student", dest / "teacher", stats, resources, executed=execute)
-    if execute:
-        for kind in COPIES:
-            for name in copies[kind]:
-                if failure := execute_notebook(dest / kind / name, timeout):
-                    result.failures.append(failure)
+    result = CourseExport(dest, dest / "student", dest / "teacher", stats, resources, executed=tuple(kinds))
+    for kind in kinds:
+        for name in copies[kind]:
+            if failure := execute_notebook(dest / kind / name, timeout):
+                result.failures.append(failure)
     return result

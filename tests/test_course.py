@@ -142,7 +142,7 @@ def test_copies_are_clean_valid_and_self_contained(exported: CourseExport) -> No
 
 
 def test_both_copies_execute(exported: CourseExport) -> None:
-    assert exported.executed
+    assert exported.executed == ("student", "teacher")
     assert exported.failures == [], exported.summary()
     assert exported.ok
 
@@ -166,6 +166,10 @@ def test_failing_notebook_is_reported_with_its_name_and_cell(tmp_path: Path) -> 
     message = str(result.failures[0])
     assert "student/03_broken.ipynb" in message and "cell 2" in message and "RuntimeError: boom" in message
     assert "FAILED" in result.summary()
+    only = export_course(tmp_path / "only", book, execute="student", timeout=60)
+    assert only.executed == ("student",) and [f.notebook.parent.name for f in only.failures] == ["student"]
+    with pytest.raises(ValueError, match="execute='students'"):
+        export_course(tmp_path / "bad", book, execute="students")
 
 
 @pytest.mark.parametrize(
