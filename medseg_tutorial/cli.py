@@ -141,14 +141,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _save_split_overlays(checkpoint: Path, split: str, n: int, device: str) -> Path:
     """Image | truth | prediction rows for ``n`` slices of ``split`` (the patients of split.json)."""
     from .config import Config
-    from .data.prepare import prepare_dataset
     from .data.splits import load_split, patient_split
     from .evaluate import Predictor, save_overlays
 
     predictor = Predictor.load(checkpoint, device)
     dc = Config.from_dict(predictor.config).data
-    table = prepare_dataset(dc.dataset, root=dc.root, size=dc.size, keep_empty=dc.keep_empty,
-                            cache_dir=dc.cache_dir, seed=dc.seed, progress=False, **dc.options)
+    table = dc.prepare()
     saved = checkpoint.parent / "split.json"
     subsets = load_split(saved) if saved.is_file() else patient_split(table, dc.fractions, seed=dc.seed)
     rows = table.rows_for(table.patients if split == "all" else getattr(subsets, split))

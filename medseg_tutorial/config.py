@@ -23,9 +23,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
+
+if TYPE_CHECKING:
+    from .data.types import SliceTable
 
 __all__ = [
     "Config",
@@ -63,6 +66,7 @@ class DataConfig:
     dataset: str = "phantom"  # a registered dataset name (``medseg data list``)
     root: str | None = None  # raw-data root; None means $MEDSEG_DATA_ROOT
     size: tuple[int, int] = (64, 64)  # (H, W) every slice is resized to
+    crop: tuple[int, int] | None = None  # centre-crop (H, W) of the native slices before resizing
     keep_empty: float = 1.0  # fraction of slices without foreground that are kept
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train / val / test, by patient
     seed: int = 0  # seed of the patient split and of slice subsampling
@@ -79,8 +83,18 @@ class DataConfig:
     cache_dir: str | None = None  # prepared-slice cache; None means $MEDSEG_CACHE_DIR
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of prepare_dataset
 
+    def prepare(self, progress: bool = False) -> SliceTable:
+        """The prepared (cached) slices this section describes: ``prepare_dataset`` with its settings."""
+        from .data.prepare import prepare_dataset
+
+        return prepare_dataset(self.dataset, root=self.root, size=self.size, keep_empty=self.keep_empty,
+                               cache_dir=self.cache_dir, seed=self.seed, progress=progress, crop=self.crop,
+                               **self.options)
+
     def _check(self) -> None:
         _require(all(s >= 16 for s in self.size), "data.size", self.size, "both sides must be >= 16 pixels")
+        _require(self.crop is None or all(s >= 16 for s in self.crop), "data.crop", self.crop,
+                 "both sides must be >= 16 pixels")
         _require(0.0 <= self.keep_empty <= 1.0, "data.keep_empty", self.keep_empty, "must be in [0, 1]")
         _require(all(f >= 0 for f in self.fractions) and abs(sum(self.fractions) - 1.0) < 1e-6,
                  "data.fractions", self.fractions, "must be three non-negative numbers summing to 1")

@@ -180,11 +180,9 @@ def evaluate(
 
 
 def _prepare(cfg: Config) -> SliceTable:
-    from .data.prepare import prepare_dataset
 
     dc = cfg.data
-    return prepare_dataset(dc.dataset, root=dc.root, size=dc.size, keep_empty=dc.keep_empty, cache_dir=dc.cache_dir,
-                           seed=dc.seed, progress=False, **dc.options)
+    return dc.prepare()
 
 
 def _split_patients(

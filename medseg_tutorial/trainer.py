@@ -54,7 +54,6 @@ from ._version import __version__
 from .activations import decode
 from .config import Config, ConfigError, load_config
 from .data.gpu_augment import DeviceAugment, DeviceBatchIterator
-from .data.prepare import prepare_dataset
 from .data.splits import Split, label_fraction, load_split, patient_split, save_split
 from .data.torch_data import SegmentationDataset, eval_transform, seed_worker, train_transform
 from .data.types import SliceTable
@@ -372,8 +371,7 @@ def build_data(
     dc, tc = cfg.data, cfg.train
     if not dist_info.is_main:
         barrier(dist_info)  # let rank 0 fill the cache first; the others then read it
-    table = prepare_dataset(dc.dataset, root=dc.root, size=dc.size, keep_empty=dc.keep_empty,
-                            cache_dir=dc.cache_dir, seed=dc.seed, progress=show, **dc.options)
+    table = dc.prepare(progress=show)
     if dist_info.is_main:
         barrier(dist_info)
     split = load_split(dc.split_file) if dc.split_file else patient_split(table, dc.fractions, seed=dc.seed)
