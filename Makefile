@@ -28,8 +28,10 @@ book: install
 	$(BIN)/jupyter-book build . -W --keep-going
 
 ## Run the whole test suite: unit tests, real-data tests and the notebooks (nbval).
+## Two workers, one torch thread each (two threads per worker would fight over 2 cores);
+## --dist loadfile keeps each notebook's cells together in one kernel.
 test: install
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: install
 	$(BIN)/ruff check .

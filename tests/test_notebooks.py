@@ -46,3 +46,13 @@ def test_no_implementation_in_notebooks(nb: Path) -> None:
                 assert length <= MAX_DEFINED_FUNCTION_LINES, (
                     f"{nb.name}: cell {i} defines {node.name} ({length} lines); move it into medseg_tutorial"
                 )
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_check_cells_do_not_depend_on_solutions(nb: Path) -> None:
+    """Hidden check cells (tag remove-cell) also run in the student copy, where solutions are gone."""
+    cells = json.loads(nb.read_text())["cells"]
+    for i, cell in enumerate(cells):
+        if "remove-cell" in cell.get("metadata", {}).get("tags", []):
+            previous = cells[i - 1].get("metadata", {}).get("tags", [])
+            assert "solution" not in previous, f"{nb.name}: check cell {i} follows a solution cell"
