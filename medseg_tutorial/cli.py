@@ -9,6 +9,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ._version import __version__
 
@@ -195,6 +196,17 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (on a busy CPU, 1 can be much faster)")
     p.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
                    help="run every N-th grid point starting at K (0-based), e.g. two processes with 0/2 and 1/2")
+    p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                   help="only grid points with this value, e.g. train.seed=0 (repeatable)")
+
+
+def _where(text: str) -> tuple[str, Any]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--where {text!r}: expected KEY=VALUE, e.g. train.seed=0")
+    return key, yaml.safe_load(value)
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -217,7 +229,8 @@ def _experiment(args: argparse.Namespace) -> int:
         return 0 if args.list else 2
     _set_threads(args.threads)
     report = run_experiment(args.name, args.preset, smoke=args.smoke, results=args.results, run_root=args.run_root,
-                            dry_run=args.dry_run, progress=args.progress, shard=args.shard)
+                            dry_run=args.dry_run, progress=args.progress, shard=args.shard,
+                            where=dict(_where(text) for text in args.where))
     print(report.summary())
     for run_id, error in report.failed.items():
         print(f"  failed {run_id}: {error}", file=sys.stderr)

@@ -602,6 +602,7 @@ def run_experiment(
     keep_going: bool | None = None,
     progress: bool | None = None,
     shard: tuple[int, int] = (0, 1),
+    where: dict[str, Any] | None = None,
     say: Callable[[str], None] = print,
 ) -> ExperimentReport:
     """Run every grid point of an experiment that is not yet in its results table.
@@ -616,6 +617,8 @@ def run_experiment(
         keep_going: record a failed run and go on (default: yes, except in smoke mode).
         shard: ``(k, n)`` runs only the grid points whose 0-based index is ``k`` modulo ``n``; ``n``
             processes with ``k = 0 .. n-1`` share one sweep (and its results table) without overlap.
+        where: only the grid points whose overrides have these values, e.g. ``{"train.seed": 0}``
+            (run every experiment's first seed before any second one).
     """
     exp = name if isinstance(name, Experiment) else load_experiment(name, preset)
     scratch = Path(tempfile.mkdtemp(prefix=f"medseg-smoke-{exp.name}-")) if smoke and not dry_run else None
@@ -631,7 +634,12 @@ def run_experiment(
     k, n = shard
     if not (n >= 1 and 0 <= k < n):
         raise ConfigError(f"shard {k}/{n}: expected K/N with 0 <= K < N")
-    planned = expand_grid(exp, smoke)[k::n]
+    planned = expand_grid(exp, smoke)
+    for key, value in (where or {}).items():
+        if not any(key in spec.overrides for spec in planned):
+            raise ConfigError(f"{exp.path.name}: --where {key}: not an axis of the grid")
+        planned = [spec for spec in planned if spec.overrides.get(key) == value]
+    planned = planned[k::n]
     for spec in planned:  # a typo in any run fails now, not hours into the sweep
         check_config(spec)
     for source in sorted({source_name(spec.raw) for spec in planned} - {None}):

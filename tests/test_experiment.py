@@ -144,6 +144,10 @@ def test_shards_split_a_sweep_without_overlap(tmp_path: Path) -> None:
     shards = [run_experiment(path, "cpu", dry_run=True, shard=(k, 3), say=_quiet).planned for k in range(3)]
     ids = [spec.run_id for shard in shards for spec in shard]
     assert sorted(ids) == sorted(every) and [len(s) for s in shards] == [2, 2, 2]
+    seed1 = run_experiment(path, "cpu", dry_run=True, where={"train.seed": 1}, shard=(1, 2), say=_quiet).planned
+    assert [spec.overrides for spec in seed1] == [{"train.seed": 1, "loss.name": "ce"}]
+    with pytest.raises(ConfigError, match="not an axis"):
+        run_experiment(path, "cpu", dry_run=True, where={"train.epochs": 1}, say=_quiet)
     with pytest.raises(ConfigError, match="shard 2/2"):
         run_experiment(path, "cpu", dry_run=True, shard=(2, 2), say=_quiet)
 
