@@ -404,7 +404,8 @@ def _short_stage(name: str) -> str:
 
 
 def plot_curves(
-    curves: pd.DataFrame, hue: str, value: str = "train_loss", ax: Any = None, title: str | None = None
+    curves: pd.DataFrame, hue: str, value: str = "train_loss", ax: Any = None, title: str | None = None,
+    ylabel: str | None = None,
 ) -> Any:
     """Mean ± standard deviation over runs of ``value`` per epoch, one line per level of ``hue``.
 
@@ -420,7 +421,7 @@ def plot_curves(
         part = data[data[hue] == level].groupby("epoch")[value].agg(["mean", "std", "count"]).reset_index()
         ax.errorbar(part["epoch"], part["mean"], yerr=part["std"].fillna(0), marker="o", ms=3, capsize=2,
                     label=f"{_label(str(level))} (n={int(part['count'].max())})")
-    ax.set(xlabel="epoch", ylabel=_label(value), title=title)
+    ax.set(xlabel="epoch", ylabel=ylabel or _label(value), title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="x-small")
     return ax
