@@ -67,7 +67,10 @@ def test_grids_have_the_promised_shape() -> None:
     assert {"model.weights": None, "strategy.name": "scratch"} in values("data_efficiency", "strategy.name")
     assert set(values("source_transfer", "model.weights")) == {
         "source:acdc", "source:lgg", "source:covid_ct", "imagenet", None}
-    assert values("losses", "loss.name") == ["bce", "dice", "dice_bce", "focal", "tversky"]
+    losses = values("losses", "loss.name")
+    assert losses[:4] == ["bce", "dice", "dice_bce", "focal"]
+    tversky = losses[4]["loss.params"]  # alpha = beta = 0.5 would be Dice again
+    assert losses[4]["loss.name"] == "tversky" and tversky["beta"] > tversky["alpha"]
     assert values("optimizers", "optim.name") == ["sgd", "adam", "adamw", "rmsprop"]
     assert load_experiment("optimizers", "cpu").config["optim"]["lr"] == "find"
     assert {v["loss.mode"] for v in values("activation", "head")} == {"multiclass", "multilabel"}
