@@ -422,10 +422,8 @@ def small_table(
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("images", "masks", "ids", "index", "spacing")}
     for case in islice(iter_cases(name, root), max_cases):
         case = normalize_case(case, info, default_normalizer(info))
-        image, mask, spacing = case.image, case.mask.astype(np.uint8), case.spacing[1:]
-        if crop is not None:
-            image, mask, spacing = resize_slices(image, mask, crop, mode="pad", spacing=spacing)
-        image, mask, spacing = resize_slices(image, mask, size, spacing=spacing)
+        image, mask, spacing = resize_slices(case.image, case.mask.astype(np.uint8), size, spacing=case.spacing[1:],
+                                             crop=crop)
         keep = mask.reshape(len(mask), -1).any(1) if foreground_only else np.ones(len(mask), bool)
         parts["images"].append(image[keep].astype(np.float32))
         parts["masks"].append(mask[keep])

@@ -159,7 +159,7 @@ def evaluate(
         if not predictor.config:
             raise ValueError(f"{checkpoint} stores no training config; pass a Config or a SliceTable")
         data = Config.from_dict(predictor.config)
-    table = data if isinstance(data, SliceTable) else _prepare(data)
+    table = data if isinstance(data, SliceTable) else data.data.prepare()
     if table.info.num_classes != len(predictor.class_names):
         raise ValueError(f"the checkpoint has classes {predictor.class_names}, the data {table.info.class_names}")
 
@@ -177,12 +177,6 @@ def evaluate(
     scores.attrs.update(summary=summary, mean_dice=summary.attrs["mean_dice"], split=split if isinstance(split, str)
                         else "custom", checkpoint=str(checkpoint))
     return scores
-
-
-def _prepare(cfg: Config) -> SliceTable:
-
-    dc = cfg.data
-    return dc.prepare()
 
 
 def _split_patients(

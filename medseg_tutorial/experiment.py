@@ -49,7 +49,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -341,10 +341,15 @@ def _append_row(path: Path, row: dict[str, Any]) -> None:
     per_class = [k for k in keys if k.startswith("test_dice_")]  # in class order
     tail = [c for c in TAIL_COLUMNS if c in keys]
     columns = head + per_class + tail + [k for k in keys if k not in (*head, *per_class, *tail)]
+    _write_csv(path, rows, columns)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    """Replace ``path`` atomically: write a temporary file beside it, then rename it over the old one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer = csv.DictWriter(f, fieldnames=list(columns), restval="", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, path)
@@ -581,13 +586,8 @@ def write_curves(results: Path, run_root: Path) -> Path | None:
     rows = [row for run_rows in kept.values() for row in run_rows]
     if not rows:
         return None
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     with _locked(out):
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["run_id", *CURVE_COLUMNS], extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, out)
+        _write_csv(out, rows, ["run_id", *CURVE_COLUMNS])
     return out
 
 

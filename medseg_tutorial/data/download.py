@@ -54,7 +54,7 @@ def archive_source(task: str) -> tuple[str, str]:
         try:
             lines = path.read_text().splitlines()
         except OSError as err:
-            raise DataError(path, f"cannot read the download registry ({REGISTRY_ENV}): {err}", "missing") from err
+            raise DataError(path, f"cannot read the download registry ({REGISTRY_ENV}): {err}", "missing_file") from err
         for number, line in enumerate(lines, 1):
             fields = line.split("#", 1)[0].split()
             if not fields:
@@ -87,9 +87,7 @@ class ResumableDownloader:
         offset = self.part.stat().st_size if self.part.is_file() else 0
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         with requests.get(url, headers=headers, stream=True, timeout=self.timeout) as response:
-            if response.status_code == 416:  # nothing left to fetch: the part is complete
-                response.close()
-            else:
+            if response.status_code != 416:  # 416: nothing left to fetch, the part is complete
                 response.raise_for_status()
                 resumed = response.status_code == 206
                 total = int(response.headers.get("content-length", 0)) + (offset if resumed else 0)

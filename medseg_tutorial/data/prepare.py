@@ -189,10 +189,8 @@ def prepare_dataset(
                 f"{name}: case {case.patient_id} ({case.source}) has labels outside 0..{info.num_classes - 1}"
             )
         case = normalize_case(case, info, normalizer, **norm_kw)
-        image, mask, spacing = case.image, case.mask.astype(np.uint8), case.spacing[1:]
-        if crop is not None:
-            image, mask, spacing = resize_slices(image, mask, params["crop"], mode="pad", spacing=spacing)
-        image, mask, spacing = resize_slices(image, mask, params["size"], mode=resize_mode, spacing=spacing)
+        image, mask, spacing = resize_slices(case.image, case.mask.astype(np.uint8), params["size"],
+                                             mode=resize_mode, spacing=case.spacing[1:], crop=crop)
         n = len(image)
         parts["images"].append(image.astype(np.float16))  # the cache's precision, see the module docstring
         parts["masks"].append(mask)

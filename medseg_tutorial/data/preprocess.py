@@ -184,14 +184,19 @@ def resize_slices(
     mode: str = "letterbox",
     spacing: tuple[float, float] = (1.0, 1.0),
     fill: float | None = None,
+    crop: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, tuple[float, float]]:
     """Bring slices ``image`` (S, C, H, W) and ``mask`` (S, H, W) to ``size`` = (H', W').
 
     Modes: ``"letterbox"`` resizes so the longest side fits and pads the rest (aspect ratio kept);
     ``"resize"`` stretches to ``size``; ``"pad"`` only pads, centre-cropping what is larger.
     Padding uses ``fill`` for images (default: each channel's minimum, i.e. the background after
-    normalisation) and 0 (background) for masks. Returns ``(image, mask, (row_mm, col_mm))``.
+    normalisation) and 0 (background) for masks. ``crop`` first centre-crops (or pads) the native
+    slices to ``(H, W)`` pixels, zooming in on an organ in the middle of the field of view.
+    Returns ``(image, mask, (row_mm, col_mm))``.
     """
+    if crop is not None:
+        image, mask, spacing = resize_slices(image, mask, crop, mode="pad", spacing=spacing, fill=fill)
     if image.ndim != 4:
         raise ValueError(f"image must be (S, C, H, W), got shape {image.shape}")
     if mask is not None and mask.shape != (image.shape[0], *image.shape[2:]):
