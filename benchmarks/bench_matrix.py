@@ -21,8 +21,8 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from medseg_tutorial._paths import cache_dir
-from medseg_tutorial.bench import BenchConfig, run_bench, save_report
+from medseg_tutorial.paths import cache_dir
+from medseg_tutorial.tools.bench import BenchConfig, run_bench, save_report
 
 SETTINGS = {
     "cuda": [

@@ -24,14 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = [
-    "HIDDEN_ACTIVATIONS",
-    "MODES",
-    "ActivationCurve",
-    "activation_curves",
-    "decode",
-    "probabilities",
-]
+__all__ = ["HIDDEN_ACTIVATIONS", "activation_curves", "decode", "probabilities"]
 
 MODES: tuple[str, ...] = ("binary", "multiclass", "multilabel")
 
@@ -54,7 +47,10 @@ _PROBABILITIES: dict[str, Callable[[Tensor], Tensor]] = {
 
 def probabilities(logits: Tensor, mode: str) -> Tensor:
     """Per-channel probabilities, same shape as ``logits``: sigmoid (binary, multilabel) or softmax
-    over the channel axis (multiclass)."""
+    over the channel axis (multiclass).
+
+    Used in chapter 5.
+    """
     _check(logits, mode)
     return _PROBABILITIES[mode](logits)
 
@@ -87,11 +83,23 @@ def decode(logits: Tensor, mode: str, threshold: float = 0.5) -> Tensor:
     * binary: ``(N, 1, *S) -> (N, *S)``, 1 where ``sigmoid(x) > threshold``;
     * multiclass: ``(N, K, *S) -> (N, *S)``, ``argmax`` over classes (``threshold`` is unused);
     * multilabel: ``(N, K, *S) -> (N, K, *S)``, each channel ``sigmoid(x) > threshold``.
+
+    Used in chapters 1 and 5.
     """
     _check(logits, mode)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold is a probability in [0, 1], got {threshold}")
     return _DECODERS[mode](logits, threshold)
+
+
+def label_map(logits: Tensor, mode: str) -> Tensor:
+    """One label per pixel ``(N, *S)`` in every mode, as the metrics take them.
+
+    multilabel: the class whose sigmoid is highest (channel 0 is the background).
+    """
+    if mode == "multilabel":
+        return torch.sigmoid(logits.float()).argmax(1)
+    return decode(logits.float(), mode)
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,6 +127,8 @@ def activation_curves(x: np.ndarray | Tensor | None = None) -> dict[str, Activat
     """Evaluate every :data:`HIDDEN_ACTIVATIONS` entry and its derivative (by autograd) on ``x``.
 
     ``x`` defaults to 401 points on ``[-4, 4]``. Returns numpy arrays, ready for matplotlib.
+
+    Used in chapter 5.
     """
     grid = torch.linspace(-4.0, 4.0, 401) if x is None else torch.as_tensor(x, dtype=torch.float64)
     curves = {}

@@ -1,11 +1,15 @@
 """The ``medseg`` command line: one small function per subcommand, registered in ``COMMANDS``.
 
-Heavy imports (torch, smp) happen inside the handlers so that ``medseg --help`` is instant.
+Heavy imports (torch, smp) happen inside the handlers so that ``medseg --help`` is instant. It is also
+what ``torchrun`` runs for multi-GPU training (every process runs the same command; rank 0 prints)::
+
+    torchrun --standalone --nproc_per_node=2 -m medseg_tutorial.cli train --config acdc preset=full
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -49,9 +53,10 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 def _data(args: argparse.Namespace) -> int:
     from . import data
     from .data import catalog
+    from .tools.check import check_dataset
 
     if args.data_cmd == "check":
-        report = data.check_dataset(args.target, root=args.root)
+        report = check_dataset(args.target, root=args.root)
         print(report.format())
         return 0 if report.ok else 1
     if args.data_cmd == "summary":
@@ -92,7 +97,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 @command("train", "train one model from a YAML config", _train_args)
 def _train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .trainer import train
+    from .train import train
 
     items = list(args.items)
     config = args.config or (items.pop(0) if items and "=" not in items[0] else None)
@@ -101,6 +106,8 @@ def _train(args: argparse.Namespace) -> int:
     cfg = load_config(config, items)
     _set_threads(args.threads)
     result = train(cfg, args.run_dir, resume=args.resume, progress=args.progress)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun: one report, from rank 0
     print(f"run {result.run_dir}: best validation Dice {result.best_score:.4f} at epoch {result.best_epoch}, "
           f"{result.epochs_run} epochs in {result.wall_time:.0f}s; best checkpoint {result.best_checkpoint}")
     return 0
@@ -257,7 +264,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 
 @command("bench", "training throughput: our trainer step vs a plain smp + albumentations loop", _bench_args)
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import BenchConfig, format_report, run_bench, save_report
+    from .tools.bench import BenchConfig, format_report, run_bench, save_report
 
     bc = BenchConfig(device=args.device, encoder=args.encoder, arch=args.arch, dataset=args.dataset, size=args.size,
                      batch_size=args.batch_size, amp=args.amp, channels_last=args.channels_last,
@@ -287,7 +294,7 @@ def _course_args(p: argparse.ArgumentParser) -> None:
 
 @command("course", "export the chapter notebooks for teaching a course", _course_args)
 def _course(args: argparse.Namespace) -> int:
-    from .course import export_course
+    from .tools.course import export_course
 
     result = export_course(
         args.dest, args.book, execute=args.execute or False, timeout=args.timeout, overwrite=args.force

@@ -38,9 +38,6 @@ from .models.weights import lite0_input, load_efficientnet_lite0_imagenet
 
 __all__ = [
     "DeepConvNet",
-    "GradientFlow",
-    "RFLayer",
-    "RFRow",
     "conv_layers",
     "encoder_features",
     "gradient_flow",
@@ -96,6 +93,8 @@ def receptive_field(layers: Sequence[RFLayer | tuple]) -> list[RFRow]:
     With ``r`` the receptive field and ``j`` the jump before a layer of kernel ``k``, stride ``s``
     and dilation ``d``: ``r <- r + (k - 1) d j`` and ``j <- j s``, starting from ``r = j = 1``.
     ``layers`` are :class:`RFLayer` or ``(name, kernel, stride[, dilation])`` tuples.
+
+    Used in chapter 2.
     """
     r, j, rows = 1, 1, []
     for i, layer in enumerate(layers):
@@ -112,6 +111,8 @@ def conv_layers(module: nn.Module, skip: Sequence[str] = ("downsample",)) -> lis
     For a chain of layers (VGG) this is the computation order. For a ResNet it is the order of the
     main path; the 1 x 1 ``downsample`` shortcuts are skipped, so the result is the receptive field
     of the longest path through the network (the identity shortcuts see less).
+
+    Used in chapter 2.
     """
     out = []
     for name, m in module.named_modules():
@@ -153,6 +154,8 @@ def measured_receptive_field(
     box of input pixels whose gradient is non-zero, pooled over ``trials`` random inputs (one input
     can leave parts of the field at zero gradient through inactive ReLUs or max-pooling). Use a
     ``size`` larger than the expected field; zero padding at the border would otherwise clip it.
+
+    Used in chapter 2.
     """
     gen = torch.Generator().manual_seed(seed)
     seen = torch.zeros(size, size, dtype=torch.bool)
@@ -176,6 +179,8 @@ def encoder_features(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 
     ``model`` is an smp model (its ``encoder`` is used) or an smp encoder. smp encoders return the
     stages from the finest to the coarsest; most start with the input itself (stage 0, stride 1).
+
+    Used in chapter 2.
     """
     encoder = getattr(model, "encoder", model)
     was_training = encoder.training
@@ -188,7 +193,7 @@ def encoder_features(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 def stage_shapes(model: nn.Module, input_shape: Sequence[int] = (1, 1, 128, 128)) -> list[dict[str, Any]]:
-    """One row per encoder stage: index, shape, channels and downsampling factor for a zero input."""
+    """One row per encoder stage: index, shape, channels and downsampling factor for a zero input. Used in chapter 2."""
     x = torch.zeros(*input_shape)
     rows = []
     for i, f in enumerate(encoder_features(model, x)):
@@ -211,6 +216,8 @@ def stage_receptive_fields(
     A stage's output is the deepest layer running at that stage's stride, so its receptive field is
     the largest one among the :func:`conv_layers` rows whose jump equals the stage's downsampling
     factor (1 for the input itself).
+
+    Used in chapter 2.
     """
     encoder = getattr(model, "encoder", model)
     rows = receptive_field(conv_layers(encoder))
@@ -222,7 +229,10 @@ def stage_receptive_fields(
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
-    """Number of parameters of each top-level part of ``model`` (encoder, decoder, head, ...) and the total."""
+    """Number of parameters of each top-level part of ``model`` (encoder, decoder, head, ...) and the total.
+
+    Used in chapter 2.
+    """
     counts = {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()}
     counts = {k: v for k, v in counts.items() if v}
     counts["total"] = sum(p.numel() for p in model.parameters())
@@ -238,6 +248,8 @@ def imagenet_top_k(image: np.ndarray | torch.Tensor, k: int = 5) -> list[tuple[i
     ``image`` is an RGB uint8 ``(H, W, 3)`` photograph; the classifier is the offline ImageNet
     EfficientNet-Lite0 that ``build_model("efficientnet-lite0", weights="imagenet")`` takes its
     encoder from (see ``models.weights``).
+
+    Used in chapter 2.
     """
     from timm.data import ImageNetInfo  # class names ship with timm: no download
 
@@ -371,6 +383,8 @@ def gradient_flow(
     ``threads`` intra-op threads are used while it runs (default 1): convolutions this narrow gain
     nothing from more, and on a busy shared machine we measured one thread about 10x faster than
     two competing ones.
+
+    Used in chapter 2.
     """
     images = torch.as_tensor(images, dtype=torch.float32)
     masks = torch.as_tensor(masks, dtype=torch.long)
@@ -417,6 +431,8 @@ def small_table(
     trainings. ``foreground_only`` drops the slices without any labelled structure. ``crop``
     first centre-crops (or pads) the native slices to ``(H, W)`` pixels, which zooms in on an organ
     in the middle of the field of view (the heart in ACDC) before the resize to ``size``.
+
+    Used in chapters 2 and 5.
     """
     info = dataset_info(name)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("images", "masks", "ids", "index", "spacing")}

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import importlib
 import os
 import types
 import typing
@@ -30,19 +29,7 @@ import yaml
 if TYPE_CHECKING:
     from .data.types import SliceTable
 
-__all__ = [
-    "Config",
-    "ConfigError",
-    "DataConfig",
-    "LossConfig",
-    "ModelConfig",
-    "OptimConfig",
-    "OutputConfig",
-    "StrategyConfig",
-    "TrainConfig",
-    "find_config",
-    "load_config",
-]
+__all__ = ["Config", "ConfigError", "load_config"]
 
 AmpMode = Literal["auto", "bf16", "fp16", "off"]
 LossMode = Literal["binary", "multiclass", "multilabel"]
@@ -111,6 +98,9 @@ class ModelConfig:
     arch: str = "unet"
     encoder: str = "efficientnet-lite0"
     weights: str | None = "imagenet"  # "imagenet", None (random init) or a path to a checkpoint
+    # experiments only: start from the best checkpoint of the experiment's ``sources.NAME`` run
+    # (``medseg experiment`` trains it and sets ``weights`` to its file)
+    source: str | None = None
     in_channels: int | None = None  # None: the dataset's channel count
     classes: int | None = None  # output channels; None: 1 for a binary task, else the class count
     # "none" feeds the prepared slices as they are (z-scored MRI, windowed CT); "encoder" applies the
@@ -149,11 +139,27 @@ class LossConfig:
 
 
 @dataclass
+class LRFindConfig:
+    """The LR range test that picks ``optim.lr`` before training (``optim.lr_range_test``, chapter 6)."""
+
+    start_lr: float = 1e-6
+    end_lr: float = 1.0
+    num_iter: int = 50
+    suggest: Literal["steepest", "min/10"] = "steepest"
+
+    def _check(self) -> None:
+        _require(0 < self.start_lr < self.end_lr, "optim.lr_find", (self.start_lr, self.end_lr),
+                 "needs 0 < start_lr < end_lr")
+        _require(self.num_iter >= 2, "optim.lr_find.num_iter", self.num_iter, "must be >= 2")
+
+
+@dataclass
 class OptimConfig:
     """Optimizer and learning-rate schedule (``medseg_tutorial.optim``)."""
 
     name: str = "adamw"
-    lr: float = 1e-3
+    lr: float = 1e-3  # with lr_find: replaced by the range test's suggestion (recorded in lr_find.json)
+    lr_find: LRFindConfig | None = None  # run the LR range test first and train at its suggestion
     weight_decay: float = 1e-4
     momentum: float = 0.9  # SGD momentum (ignored by Adam-type optimizers)
     scheduler: str = "cosine"  # "constant", "cosine", "onecycle", "plateau" (optim.SCHEDULERS)
@@ -242,11 +248,6 @@ class Config:
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
         return path
 
-    @property
-    def num_classes(self) -> int:
-        """Label values of the task, background included (2 for a binary task)."""
-        return _dataset_info(self.data.dataset).num_classes
-
     def resolved(self) -> Config:
         """A copy with the ``null`` = automatic values filled in from the dataset's registry entry.
 
@@ -314,6 +315,8 @@ def load_config(
             parsed as YAML (``null``, ``[128, 128]``, ``true``). ``preset=quick`` selects a preset.
         preset: name of an entry of the file's ``presets`` mapping (an override wins over this).
         resolve: fill in automatic values from the dataset registry (needs the dataset registered).
+
+    Used in chapters 7 and 8.
     """
     if isinstance(path, dict):
         raw = copy.deepcopy(path)
@@ -336,7 +339,7 @@ def load_config(
         raw["preset"] = preset
     for key, value in parsed:
         if key != ["preset"]:
-            _assign(raw, key, value)
+            set_dotted(raw, key, value)
     return Config.from_dict(raw, resolve=resolve)
 
 
@@ -347,14 +350,26 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
 
 
-def _assign(raw: dict[str, Any], key: list[str], value: Any) -> None:
+def set_dotted(raw: dict[str, Any], key: str | list[str], value: Any) -> None:
+    """``raw["a"]["b"] = value`` for ``key == "a.b"``, creating sections on the way."""
+    key = key.split(".") if isinstance(key, str) else key
     node = raw
     for i, part in enumerate(key[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             raise ConfigError(f"{'.'.join(key[: i + 1])}: is a value, not a section; cannot set {'.'.join(key)}")
         node = child
-    node[key[-1]] = value
+    node[key[-1]] = copy.deepcopy(value)
+
+
+def get_dotted(raw: dict[str, Any], key: str, default: Any = None) -> Any:
+    """``raw["a"]["b"]`` for ``key == "a.b"``, or ``default`` when a part is missing."""
+    node: Any = raw
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any] | None) -> dict[str, Any]:
@@ -481,55 +496,46 @@ def _plain(obj: Any) -> Any:
 # --- registry lookups -----------------------------------------------------------------------------
 
 
-def _one_of(key: str, value: str, known: Any) -> None:
-    known = sorted(known)
-    if value not in known:
-        raise ConfigError(f"{key}: unknown name {value!r}{_did_you_mean(value, known)} (known: {', '.join(known)})")
-
-
 def _check_names(cfg: Config) -> None:
-    """Names must exist in the registries of the layers below (imported here, lazily)."""
-    import inspect
+    """Every name (and strategy parameter) is looked up by the builder that will use it, here, once.
 
-    from . import losses, strategies
+    The builders raise ``KeyError``/``ValueError``/``TypeError`` naming what is known; this turns their
+    message into a :class:`ConfigError` that names the config key.
+    """
+    from . import losses, optim, strategies
     from .models import build
 
-    _one_of("model.encoder", cfg.model.encoder, build.ENCODERS)
-    _one_of("model.arch", cfg.model.arch, build.ARCHS)
-    _one_of("strategy.name", cfg.strategy.name, strategies.list_strategies())
-    _one_of("loss.name", cfg.loss.name, losses.LOSSES)
-    loss_cls = losses.LOSSES[cfg.loss.name]
-    if cfg.loss.mode not in loss_cls.modes:
-        raise ConfigError(f"loss.name: {cfg.loss.name!r} does not support mode {cfg.loss.mode!r}; "
-                          f"losses for {cfg.loss.mode}: {', '.join(losses.losses_for_mode(cfg.loss.mode))}")
-    if cfg.loss.weights is not None and "class_weights" not in inspect.signature(loss_cls).parameters:
-        raise ConfigError(f"loss.weights: loss {cfg.loss.name!r} takes no class weights; "
-                          "use a CE-type loss, or loss.params (e.g. pos_weight for BCE)")
-    try:
-        from . import optim
-    except ImportError:  # optimizers are checked when the optimizer is built
-        return
-    for key, value, attr in (("optim.name", cfg.optim.name, "OPTIMIZERS"),
-                             ("optim.scheduler", cfg.optim.scheduler, "SCHEDULERS")):
-        if hasattr(optim, attr):
-            _one_of(key, value, getattr(optim, attr))
+    checks = (
+        ("model.encoder", lambda: build.encoder_spec(cfg.model.encoder)),
+        ("model.arch", lambda: build.arch_class(cfg.model.arch)),
+        ("strategy.name", lambda: strategies.strategy_factory(cfg.strategy.name)),
+        ("strategy.params", lambda: strategies.get_strategy(cfg.strategy.name, **cfg.strategy.params)),
+        ("loss.name", lambda: losses.loss_class(cfg.loss.name, cfg.loss.mode, class_weights=cfg.loss.weights)),
+        ("optim.name", lambda: optim.optimizer_class(cfg.optim.name)),
+        ("optim.scheduler", lambda: optim.scheduler_factory(cfg.optim.scheduler)),
+    )
+    for key, check in checks:
+        try:
+            check()
+        except (KeyError, ValueError, TypeError) as err:
+            message = err.args[0] if err.args else str(err)
+            raise ConfigError(f"{key}: {message}") from None
+
+
+def diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested mappings (e.g. two ``Config.to_dict()``)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in sorted(set(a) | set(b)) for k in diff(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
 
 
 # --- dataset lookup ------------------------------------------------------------------------------
 
-_IMPORTER_MODULES = ("phantom", "msd", "acdc", "paired")
-
 
 def _dataset_info(name: str):
-    """The registry entry of ``name``; importer modules are imported so that they register."""
+    """The registry entry of ``name``, or a ConfigError listing the registered datasets."""
     from .data import registry
 
-    if name not in registry.list_datasets():
-        for module in _IMPORTER_MODULES:  # the data package may not import every importer eagerly
-            try:
-                importlib.import_module(f"medseg_tutorial.data.{module}")
-            except ImportError:
-                pass
     try:
         return registry.dataset_info(name)
     except KeyError:

@@ -1,6 +1,6 @@
 """Data-parallel training with ``torchrun``: small helpers so the training loop stays readable.
 
-``torchrun --standalone --nproc_per_node=N -m medseg_tutorial.trainer ...`` starts N processes and
+``torchrun --standalone --nproc_per_node=N -m medseg_tutorial.cli train ...`` starts N processes and
 tells each who it is through environment variables: ``RANK`` (0..N-1 over all machines),
 ``LOCAL_RANK`` (the GPU index on this machine) and ``WORLD_SIZE`` (N). Every process holds a full
 copy of the model, trains on its own shard of each batch, and DistributedDataParallel averages the
@@ -24,19 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-__all__ = [
-    "DistInfo",
-    "all_gather_objects",
-    "all_reduce_mean",
-    "barrier",
-    "cleanup_distributed",
-    "init_distributed",
-    "shard",
-    "sync_buffers",
-    "train_sampler",
-    "unwrap",
-    "wrap_model",
-]
+__all__ = ["DistInfo", "init_distributed", "unwrap", "wrap_model"]
 
 
 @dataclass(frozen=True)

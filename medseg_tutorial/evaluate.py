@@ -24,17 +24,54 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import Config, _dataset_info
-from .data.preprocess import _pad_or_crop, normalize_case, resize_slices, resized_shape
+from .activations import label_map
+from .config import Config
+from .data.preprocess import normalize_case, pad_or_crop, resize_slices, resized_shape
+from .data.registry import dataset_info
 from .data.splits import load_split, patient_split
 from .data.types import Case, SliceTable
+from .device import autocast, select_device
 from .metrics import per_patient_scores, summarize_scores
 from .models import load_checkpoint, normalize_input
-from .trainer import predict, select_device
 
-__all__ = ["IMAGE_SUFFIXES", "Predictor", "evaluate", "predict_folder", "predict_nifti", "save_overlays"]
+__all__ = [
+    "Predictor",
+    "evaluate",
+    "predict",
+    "predict_folder",
+    "predict_nifti",
+    "save_overlays",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    images: np.ndarray,
+    mode: str,
+    device: torch.device,
+    batch_size: int = 16,
+    normalize=None,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> np.ndarray:
+    """Label maps ``(N, H, W)`` (uint8) for prepared slices ``(N, C, H, W)``; the model is put in eval mode.
+
+    The one inference path: validation during training, :func:`evaluate` and :class:`Predictor`
+    all call it. Used in chapter 8.
+    """
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size], dtype=np.float32)).to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp_dtype):
+            logits = model(normalize(x) if normalize else x)
+        out.append(label_map(logits, mode).to(torch.uint8).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, *images.shape[2:]), np.uint8)
 
 
 # ==================================================================================================
@@ -44,7 +81,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 @dataclass
 class Predictor:
-    """A model from :func:`load_checkpoint` plus everything needed to feed it like in training."""
+    """A model from :func:`load_checkpoint` plus everything needed to feed it like in training. Used in chapter 8."""
 
     model: nn.Module
     meta: dict[str, Any]
@@ -88,7 +125,7 @@ class Predictor:
                              "by the trainer); prepare the slices yourself and use predict_prepared")
         # the intensity normalisation of the training data (CT window, 8-bit scaling, MRI z-score)
         options = self.config.get("data", {}).get("options", {})
-        info = _dataset_info(self.dataset)
+        info = dataset_info(self.dataset)
         kw = {"window": options["window"]} if "window" in options and info.has_raw_hu else {}
         image = normalize_case(Case("input", image, None), info, **kw).image
         hw = image.shape[-2:]
@@ -117,7 +154,7 @@ def restore_size(labels: np.ndarray, hw: tuple[int, int], size: tuple[int, int],
     """
     h, w = int(hw[0]), int(hw[1])
     inner = resized_shape((h, w), size, mode)
-    labels = _pad_or_crop(labels, inner, 0)  # the centred region that held the image
+    labels = pad_or_crop(labels, inner, 0)  # the centred region that held the image
     if inner != (h, w):
         t = torch.from_numpy(np.ascontiguousarray(labels[:, None], np.uint8))
         labels = F.interpolate(t, size=(h, w), mode="nearest-exact")[:, 0].numpy()
@@ -153,6 +190,8 @@ def evaluate(
         One row per patient x foreground class: ``patient_id, class, class_name, dice, iou, [hd95],
         tp, fp, fn``. ``result.attrs["summary"]`` holds :func:`summarize_scores` (mean and std per
         class) and ``result.attrs["mean_dice"]`` the mean foreground Dice.
+
+    Used in chapter 8.
     """
     predictor = Predictor.load(checkpoint, device)
     if data is None:

@@ -25,7 +25,6 @@ from medseg_tutorial.activations import decode
 from medseg_tutorial.metrics import confusion_counts, dice_from_counts, iou_from_counts
 
 __all__ = [
-    "CheckResult",
     "check_confusion",
     "check_dice",
     "check_iou",
@@ -225,7 +224,10 @@ def _bool_plus_dice(pred: np.ndarray, target: np.ndarray) -> float:
 def check_dice(student_fn: Callable[[np.ndarray, np.ndarray], float]) -> CheckResult:
     """Check ``student_fn(pred, target) -> float``, the Dice of two binary masks (0/1 arrays of the
     same, any, shape): ``Dice = 2 TP / (2 TP + FP + FN) = 2 |P ∩ T| / (|P| + |T|)``.
-    When both masks are empty, either ``1.0`` or ``nan`` is accepted."""
+    When both masks are empty, either ``1.0`` or ``nan`` is accepted.
+
+    Used in chapters 4 and 8.
+    """
     cases = _binary_mask_cases(lambda tp, fp, fn: float(dice_from_counts(tp, fp, fn)))
     hints = [
         ("your value is the IoU, TP / (TP + FP + FN); Dice counts the overlap twice: 2TP / (2TP + FP + FN).",
@@ -247,7 +249,10 @@ def check_dice(student_fn: Callable[[np.ndarray, np.ndarray], float]) -> CheckRe
 
 def check_iou(student_fn: Callable[[np.ndarray, np.ndarray], float]) -> CheckResult:
     """Check ``student_fn(pred, target) -> float``, the IoU (Jaccard) of two binary masks:
-    ``IoU = TP / (TP + FP + FN) = |P ∩ T| / |P ∪ T|``. Both empty: ``1.0`` or ``nan`` accepted."""
+    ``IoU = TP / (TP + FP + FN) = |P ∩ T| / |P ∪ T|``. Both empty: ``1.0`` or ``nan`` accepted.
+
+    Used in chapter 4.
+    """
     cases = _binary_mask_cases(lambda tp, fp, fn: float(iou_from_counts(tp, fp, fn)))
     hints = [
         ("your value is the Dice, 2TP / (2TP + FP + FN); IoU divides the overlap by the union: "
@@ -283,7 +288,10 @@ def _counts_compare(got: Any, expected: tuple[np.ndarray, ...]) -> str | None:
 def check_confusion(student_fn: Callable[[np.ndarray, np.ndarray, int], tuple]) -> CheckResult:
     """Check ``student_fn(pred, target, num_classes) -> (tp, fp, fn, tn)``, four arrays of length
     ``num_classes`` for integer label maps. For class c: TP = predicted c and truly c; FP = predicted
-    c but truly another class; FN = truly c but predicted another class; TN = everything else."""
+    c but truly another class; FN = truly c but predicted another class; TN = everything else.
+
+    Used in chapter 4.
+    """
     rng = np.random.default_rng(3)
     hand_t = np.array([[0, 1, 1], [2, 2, 0]])
     hand_p = np.array([[0, 1, 0], [2, 1, 1]])
@@ -356,7 +364,10 @@ def _split_problems(result: Any, patient_ids: Sequence, fractions: Sequence[floa
 def check_patient_split(student_fn: Callable[[Sequence, Sequence[float], int], tuple]) -> CheckResult:
     """Check ``student_fn(patient_ids, fractions, seed) -> (train, val, test)``, lists of patient
     ids. ``patient_ids`` may repeat (one entry per slice). The split must put every patient in
-    exactly one set, with sizes close to ``fractions``, and be random yet reproducible from ``seed``."""
+    exactly one set, with sizes close to ``fractions``, and be random yet reproducible from ``seed``.
+
+    Used in chapter 3.
+    """
     rng = np.random.default_rng(11)
     slices = [f"p{i:02d}" for i in range(12) for _ in range(int(rng.integers(2, 6)))]
     rng.shuffle(slices)
@@ -410,7 +421,10 @@ def _labels_compare(got: Any, expected: torch.Tensor) -> str | None:
 
 def check_softmax_decode(student_fn: Callable[[torch.Tensor], Any]) -> CheckResult:
     """Check ``student_fn(logits) -> labels``: multiclass logits ``(N, K, H, W)`` to the label map
-    ``(N, H, W)`` of the most probable class under the softmax over the class axis."""
+    ``(N, H, W)`` of the most probable class under the softmax over the class axis.
+
+    Used in chapter 5.
+    """
     g = torch.Generator().manual_seed(5)
     hand = torch.tensor([[2.0, -1.0], [1.0, -2.0], [3.0, -3.0]]).reshape(1, 3, 1, 2)
     inputs = [

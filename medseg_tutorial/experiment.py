@@ -16,9 +16,8 @@ An experiment is one YAML file in ``configs/experiments/``::
       cpu: {results: book/results/data_efficiency.csv, config: {train: {epochs: 6}}}
       gpu: {results: book/results/gpu/data_efficiency.csv, config: {data: {size: [128, 128]}}}
     smoke: {data.dataset: phantom} # extra overrides of the grid's runs in --smoke mode (not of sources)
-    sources:                      # optional: pretraining runs that `model.weights: source:NAME` names
+    sources:                      # optional: pretraining runs that `model.source: NAME` names
       acdc: {data: {dataset: acdc}, loss: {name: null}}
-    lr_finder: {num_iter: 50}     # optional: settings of `optim.lr: find`
 
 Each run trains in its own folder under the cache (``<cache>/experiments/<name>/<preset>/<run_id>``,
 never in the repository), then its best checkpoint (chosen on validation) is scored once on the
@@ -27,12 +26,13 @@ the run's complete config mapping, so re-running a sweep skips the rows already 
 resumes a run that was interrupted half-way. A row deleted from the table is written again from
 its finished run folder; delete the run folder as well to train that run afresh.
 
-Two special values:
+Every run is one typed :class:`~medseg_tutorial.config.Config`: the grid only sets its keys. Two keys
+matter to the runner:
 
-* ``model.weights: source:NAME`` first trains the ``sources: NAME`` config (e.g. ACDC) and starts
-  the run from its best checkpoint (cached under the cache dir, shared by all runs that use it);
-* ``optim.lr: find`` runs the LR range test (``optim.lr_range_test``) on the run's data and model and
-  trains with the suggested learning rate (recorded in the ``lr`` column).
+* ``model.source: NAME`` first trains the ``sources: NAME`` config (e.g. ACDC) and starts the run
+  from its best checkpoint (cached under the cache dir, shared by all runs that use it);
+* ``optim.lr_find: {...}`` makes the trainer run the LR range test first and train at its
+  suggestion (recorded in the ``lr`` column).
 
 ``--smoke`` runs one combination (the first value of every axis) for two steps on 32 px slices,
 into a temporary folder: a check, for CI, that every experiment file still runs.
@@ -49,7 +49,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,35 +57,14 @@ from typing import Any
 
 import torch
 import yaml
-from torch import nn
 
 from . import __version__
-from ._paths import cache_dir
-from .config import Config, ConfigError, deep_merge, load_config
+from .config import Config, ConfigError, deep_merge, get_dotted, load_config, set_dotted
+from .files import write_csv
+from .paths import cache_dir
+from .provenance import hardware_label
 
-__all__ = [
-    "CURVE_COLUMNS",
-    "SMOKE_OVERRIDES",
-    "Experiment",
-    "ExperimentReport",
-    "RunSpec",
-    "append_row",
-    "check_config",
-    "cpu_name",
-    "curves_path",
-    "evaluate_test",
-    "expand_grid",
-    "find_experiment",
-    "find_lr",
-    "list_experiments",
-    "load_experiment",
-    "read_rows",
-    "run_experiment",
-    "run_id",
-    "source_name",
-    "source_raw",
-    "write_curves",
-]
+__all__ = ["Experiment", "list_experiments", "load_experiment", "run_experiment"]
 
 # Smoke runs: a couple of steps of a shallow network on tiny slices, on the CPU.
 SMOKE_OVERRIDES: dict[str, Any] = {
@@ -102,10 +81,7 @@ SMOKE_OVERRIDES: dict[str, Any] = {
     "train.patience": None,
     "output.tensorboard": False,
 }
-SMOKE_LR_FINDER = {"num_iter": 4}
-LR_FINDER_DEFAULTS = {"start_lr": 1e-6, "end_lr": 1.0, "num_iter": 50, "suggest": "steepest"}
-SOURCE_PREFIX = "source:"
-FIND_LR = "find"
+SMOKE_LR_FIND_ITERATIONS = 4  # smoke runs with optim.lr_find sweep this many batches
 
 # Columns of the results table, in this order; test_dice_<class> columns follow test_dice.
 COLUMNS = (
@@ -135,7 +111,6 @@ class Experiment:
     description: str = ""
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> config sections
     smoke: dict[str, Any] = field(default_factory=dict)  # extra dotted overrides in smoke mode
-    lr_finder: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -171,26 +146,6 @@ def list_experiments() -> list[str]:
     return sorted({p.stem for folder in _search_folders() if folder.is_dir() for p in folder.glob("*.yaml")})
 
 
-def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    """``raw["a"]["b"] = value`` for ``dotted == "a.b"``."""
-    *parents, last = dotted.split(".")
-    node = raw
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{dotted}: {part} is a value, not a section")
-    node[last] = copy.deepcopy(value)
-
-
-def _get(raw: dict[str, Any], dotted: str, default: Any = None) -> Any:
-    node: Any = raw
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
 def _project_root(path: Path) -> Path:
     """The folder holding ``configs/`` when the file is in ``<root>/configs/experiments``, else the cwd."""
     path = path.resolve()
@@ -207,7 +162,7 @@ def load_experiment(name: str | os.PathLike, preset: str | None = None) -> Exper
     path = find_experiment(name)
     spec = yaml.safe_load(path.read_text()) or {}
     known = {"name", "description", "base", "base_preset", "config", "grid", "presets", "sources", "smoke",
-             "lr_finder", "results"}
+             "results"}
     unknown = set(spec) - known
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)} (known: {', '.join(sorted(known))})")
@@ -238,7 +193,6 @@ def load_experiment(name: str | os.PathLike, preset: str | None = None) -> Exper
         name=str(spec.get("name", path.stem)), path=path, preset=preset, config=config, grid=grid, results=results,
         description=str(spec.get("description", "")).strip(), sources=sources,
         smoke={**(spec.get("smoke") or {}), **(chosen.get("smoke") or {})},
-        lr_finder={**LR_FINDER_DEFAULTS, **(spec.get("lr_finder") or {})},
     )
 
 
@@ -276,7 +230,9 @@ def expand_grid(exp: Experiment, smoke: bool = False) -> list[RunSpec]:
             overrides.update(_point_overrides(axis, value))
         raw = copy.deepcopy(exp.config)
         for key, value in {**overrides, **(_smoke_overrides(exp) if smoke else {})}.items():
-            _set(raw, key, value)
+            set_dotted(raw, key, value)
+        if smoke and get_dotted(raw, "optim.lr_find") is not None:
+            set_dotted(raw, "optim.lr_find.num_iter", SMOKE_LR_FIND_ITERATIONS)
         spec = RunSpec(run_id(raw), overrides, raw)
         if spec.run_id not in seen:  # two combinations may coincide (e.g. a mapping value repeats a key)
             seen.add(spec.run_id)
@@ -286,12 +242,7 @@ def expand_grid(exp: Experiment, smoke: bool = False) -> list[RunSpec]:
 
 def check_config(spec: RunSpec) -> Config:
     """Validate a run's config now (names, types, ranges), before any training starts."""
-    raw = copy.deepcopy(spec.raw)
-    if _get(raw, "optim.lr") == FIND_LR:
-        _set(raw, "optim.lr", 1e-3)  # a placeholder: the LR range test picks the real value
-    if source_name(raw) is not None:
-        _set(raw, "model.weights", None)  # a placeholder: the source run's checkpoint
-    return load_config(raw)
+    return load_config(spec.raw)
 
 
 # ==================================================================================================
@@ -341,18 +292,7 @@ def _append_row(path: Path, row: dict[str, Any]) -> None:
     per_class = [k for k in keys if k.startswith("test_dice_")]  # in class order
     tail = [c for c in TAIL_COLUMNS if c in keys]
     columns = head + per_class + tail + [k for k in keys if k not in (*head, *per_class, *tail)]
-    _write_csv(path, rows, columns)
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
-    """Replace ``path`` atomically: write a temporary file beside it, then rename it over the old one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), restval="", extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    write_csv(path, rows, columns)
 
 
 def _csv_value(value: Any) -> Any:
@@ -361,14 +301,14 @@ def _csv_value(value: Any) -> Any:
     return "" if value is None else value
 
 
-def _weights_label(weights: Any) -> str:
+def _weights_label(raw: dict[str, Any]) -> str:
     """What the ``weights`` column says: scratch, imagenet, a source dataset, or a file name."""
+    source, weights = get_dotted(raw, "model.source"), get_dotted(raw, "model.weights", "imagenet")
+    if source is not None:
+        return str(source)
     if weights is None:
         return "scratch"
-    weights = str(weights)
-    if weights.startswith(SOURCE_PREFIX):
-        return weights[len(SOURCE_PREFIX):]
-    return weights if weights == "imagenet" else Path(weights).stem
+    return str(weights) if weights == "imagenet" else Path(weights).stem
 
 
 # ==================================================================================================
@@ -407,7 +347,7 @@ def _status(run_dir: Path) -> str:
 
 def _train_once(cfg: Config, run_dir: Path, progress: bool | None) -> None:
     """Train ``cfg`` into ``run_dir`` unless it already finished there; resume a run cut short."""
-    from .trainer import train
+    from .train import train
 
     status = _status(run_dir)
     if status != "completed":
@@ -417,18 +357,13 @@ def _train_once(cfg: Config, run_dir: Path, progress: bool | None) -> None:
 def source_raw(exp: Experiment, name: str, smoke: bool = False) -> dict[str, Any]:
     """The config mapping of source run ``name``: its sections merged onto the experiment's config."""
     if name not in exp.sources:
-        raise ConfigError(f"model.weights: {SOURCE_PREFIX}{name} but the experiment has no sources.{name} "
+        raise ConfigError(f"model.source: {name!r} but the experiment has no sources.{name} "
                           f"(sources: {', '.join(exp.sources) or 'none'})")
     raw = deep_merge(exp.config, exp.sources[name])
+    set_dotted(raw, "model.source", None)  # a source starts from the experiment's own weights
     for key, value in (SMOKE_OVERRIDES if smoke else {}).items():  # not exp.smoke: that is for the grid's runs
-        _set(raw, key, value)
+        set_dotted(raw, key, value)
     return raw
-
-
-def source_name(raw: dict[str, Any]) -> str | None:
-    """``NAME`` when the run's ``model.weights`` is ``source:NAME``, else None."""
-    weights = _get(raw, "model.weights")
-    return weights[len(SOURCE_PREFIX):] if isinstance(weights, str) and weights.startswith(SOURCE_PREFIX) else None
 
 
 def _source_checkpoint(exp: Experiment, name: str, smoke: bool, root: Path, progress: bool | None,
@@ -442,65 +377,13 @@ def _source_checkpoint(exp: Experiment, name: str, smoke: bool, root: Path, prog
     return run_dir / "best.pt"
 
 
-class _Normalized(nn.Module):
-    """The model with the trainer's input normalisation in front (what the LR range test must see)."""
-
-    def __init__(self, model: nn.Module, normalize: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        super().__init__()
-        self.model, self.normalize = model, normalize
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(self.normalize(x))
-
-
-def find_lr(cfg: Config, settings: dict[str, Any]) -> dict[str, Any]:
-    """Run the LR range test on ``cfg``'s training data, model and strategy; returns the sweep and suggestion."""
-    from .distributed import DistInfo
-    from .losses import build_loss
-    from .optim import lr_range_test
-    from .trainer import (
-        build_data,
-        build_network,
-        input_normalizer,
-        loss_kwargs,
-        seed_everything,
-        select_device,
-    )
-
-    device = select_device(cfg.train.device)
-    seed_everything(cfg.train.seed)
-    data = build_data(cfg, DistInfo())
-    data.start_epoch(0)
-    model, plan = build_network(cfg, device)
-    loss_fn = build_loss(cfg.loss.name, cfg.loss.mode, **loss_kwargs(cfg)).to(device)
-    result = lr_range_test(
-        _Normalized(model, input_normalizer(cfg, device)), data.loader, loss_fn, cfg.optim.name,
-        start_lr=float(settings["start_lr"]), end_lr=float(settings["end_lr"]), num_iter=int(settings["num_iter"]),
-        device=device, params=plan.param_groups(1.0, cfg.optim.weight_decay), weight_decay=cfg.optim.weight_decay,
-        suggest=settings["suggest"],
-    )
-    return {"lr": result.suggestion, "lrs": result.lrs, "losses": result.losses, "settings": settings}
-
-
-def _resolve_specials(exp: Experiment, spec: RunSpec, run_dir: Path, smoke: bool, root: Path,
-                      progress: bool | None, say: Callable[[str], None]) -> Config:
-    """The run's Config with ``source:NAME`` weights and ``lr: find`` replaced by real values."""
+def _run_config(exp: Experiment, spec: RunSpec, smoke: bool, root: Path, progress: bool | None,
+                say: Callable[[str], None]) -> Config:
+    """The run's Config, with ``model.weights`` set to its source's checkpoint when it names one."""
     raw = copy.deepcopy(spec.raw)
-    source = source_name(raw)
+    source = get_dotted(raw, "model.source")
     if source is not None:
-        _set(raw, "model.weights", str(_source_checkpoint(exp, source, smoke, root, progress, say)))
-    if _get(raw, "optim.lr") == FIND_LR:
-        saved = run_dir / "lr_find.json"  # a resumed run must train with the LR it started with
-        if saved.is_file():
-            found = json.loads(saved.read_text())
-        else:
-            _set(raw, "optim.lr", 1e-3)  # placeholder while the range test runs
-            settings = {**exp.lr_finder, **(SMOKE_LR_FINDER if smoke else {})}
-            found = find_lr(load_config(raw), settings)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            saved.write_text(json.dumps(found) + "\n")
-            say(f"LR range test: suggested lr {found['lr']:.3g}")
-        _set(raw, "optim.lr", float(found["lr"]))
+        set_dotted(raw, "model.weights", str(_source_checkpoint(exp, source, smoke, root, progress, say)))
     return load_config(raw)
 
 
@@ -521,25 +404,6 @@ def evaluate_test(run_dir: Path, cfg: Config) -> tuple[float, dict[str, float], 
     return float(scores.attrs["mean_dice"]), per_class, len(test)
 
 
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else ``"cpu"``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "cpu"
-
-
-def _hardware(info: dict[str, Any]) -> str:
-    """``"NVIDIA H100 80GB HBM3"`` or ``"<CPU model>, 2 CPUs"`` from run.json."""
-    hw = info.get("hardware", {})
-    if not str(hw.get("device", "")).startswith("cpu"):
-        return str(hw.get("device_name") or hw.get("device", ""))
-    return f"{cpu_name()}, {hw.get('cpu_count')} CPUs"
-
-
 def _row(exp: Experiment, spec: RunSpec, cfg: Config, run_dir: Path) -> dict[str, Any]:
     """The results-table row of a finished run."""
     info = json.loads((run_dir / "run.json").read_text())
@@ -547,13 +411,13 @@ def _row(exp: Experiment, spec: RunSpec, cfg: Config, run_dir: Path) -> dict[str
     return {
         "experiment": exp.name, "run_id": spec.run_id, "preset": exp.preset or "",
         "dataset": cfg.data.dataset, "strategy": cfg.strategy.name, "encoder": cfg.model.encoder,
-        "weights": _weights_label(_get(spec.raw, "model.weights")),
+        "weights": _weights_label(spec.raw),
         "label_fraction": cfg.data.label_fraction, "n_train_patients": info.get("train_patients"),
         "seed": cfg.train.seed, "loss": cfg.loss.name, "loss_mode": cfg.loss.mode, "optimizer": cfg.optim.name,
-        "lr": cfg.optim.lr, "split": getattr(cfg.data, "split_mode", "patient"), "n_test_patients": n_test,
+        "lr": info.get("lr", cfg.optim.lr), "split": getattr(cfg.data, "split_mode", "patient"), "n_test_patients": n_test,
         "test_dice": test_dice, **{f"test_dice_{k}": v for k, v in per_class.items()},
         "val_dice_best": info.get("best_score"), "best_epoch": info.get("best_epoch"),
-        "epochs": info.get("epochs_run"), "wall_time_s": info.get("wall_time_s"), "hardware": _hardware(info),
+        "epochs": info.get("epochs_run"), "wall_time_s": info.get("wall_time_s"), "hardware": hardware_label(info.get("hardware", {})),
         "commit": info.get("git_commit", "unknown"), "package_version": info.get("package_version", __version__),
         "config": json.dumps(spec.overrides, sort_keys=True, separators=(",", ":"), default=str),
     }
@@ -587,7 +451,7 @@ def write_curves(results: Path, run_root: Path) -> Path | None:
     if not rows:
         return None
     with _locked(out):
-        _write_csv(out, rows, ["run_id", *CURVE_COLUMNS])
+        write_csv(out, rows, ["run_id", *CURVE_COLUMNS])
     return out
 
 
@@ -642,7 +506,7 @@ def run_experiment(
     planned = planned[k::n]
     for spec in planned:  # a typo in any run fails now, not hours into the sweep
         check_config(spec)
-    for source in sorted({source_name(spec.raw) for spec in planned} - {None}):
+    for source in sorted({get_dotted(spec.raw, "model.source") for spec in planned} - {None}):
         load_config(source_raw(exp, source, smoke))
     report = ExperimentReport(exp.name, results, planned, run_root=root, dry_run=dry_run)
     finished = {r.get("run_id") for r in read_rows(results)}
@@ -660,7 +524,7 @@ def run_experiment(
         say(label)
         started = time.perf_counter()
         try:
-            cfg = _resolve_specials(exp, spec, run_dir, smoke, root, progress, say)
+            cfg = _run_config(exp, spec, smoke, root, progress, say)
             _train_once(cfg, run_dir, progress)
             append_row(results, _row(exp, spec, cfg, run_dir))
         except Exception as exc:

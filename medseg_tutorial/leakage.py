@@ -35,13 +35,9 @@ from .data.types import SliceTable
 from .metrics import per_patient_scores
 
 __all__ = [
-    "SPLIT_KINDS",
-    "MemoriserPrediction",
     "leakage_experiment",
     "memorise",
-    "memoriser_scores",
     "plot_leakage",
-    "slice_features",
     "split_rows",
     "summarize_leakage",
 ]
@@ -94,6 +90,8 @@ def memorise(
 
     ``features`` may hold :func:`slice_features` of the *whole* table (row ``i`` for table row
     ``i``), computed once and reused across splits; by default they are computed here.
+
+    Used in chapters 3 and 4.
     """
     train_rows = np.asarray(train_rows, dtype=np.int64)
     test_rows = np.asarray(test_rows, dtype=np.int64)
@@ -151,7 +149,10 @@ def memoriser_scores(
 def split_rows(
     table: SliceTable, kind: str, seed: int = 0, fractions: Sequence[float] = (0.7, 0.15, 0.15)
 ) -> dict[str, np.ndarray]:
-    """Row indices per subset for a ``"patient"``-level (correct) or ``"slice"``-level (leaky) split."""
+    """Row indices per subset for a ``"patient"``-level (correct) or ``"slice"``-level (leaky) split.
+
+    Used in chapter 3.
+    """
     if kind == "patient":
         return patient_split(table.patient_ids, fractions, seed=seed).indices(table)
     if kind == "slice":
@@ -173,6 +174,8 @@ def leakage_experiment(
     ``test_slices``, ``shared_patients`` (patients with slices in both train and test),
     ``test_slices_from_train_patients`` (fraction) and ``neighbour_same_patient`` (fraction of test
     slices whose copied mask came from their own patient).
+
+    Used in chapter 3.
     """
     records = []
     features = slice_features(table.images, size)  # once for all splits
@@ -202,7 +205,7 @@ def leakage_experiment(
 
 
 def summarize_leakage(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard deviation over seeds of the memoriser Dice, per dataset and split kind."""
+    """Mean and standard deviation over seeds of the memoriser Dice, per dataset and split kind. Used in chapter 3."""
     grouped = results.groupby(["dataset", "split"], sort=False)
     out = grouped.agg(
         seeds=("seed", "nunique"),
@@ -215,7 +218,10 @@ def summarize_leakage(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_leakage(results: pd.DataFrame, ax=None, colors: Mapping[str, str] | None = None):
-    """Memoriser Dice per dataset and split kind: one dot per seed, a bar at the mean. Returns the Axes."""
+    """Memoriser Dice per dataset and split kind: one dot per seed, a bar at the mean. Returns the Axes.
+
+    Used in chapter 3.
+    """
     import matplotlib.pyplot as plt  # optional: plotting only
 
     colors = dict(colors or {"slice": "tab:red", "patient": "tab:blue"})

@@ -30,6 +30,7 @@ Build a loss by name with :func:`build_loss`, e.g. ``build_loss("dice_ce", "mult
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
@@ -37,21 +38,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .names import lookup
+
 __all__ = [
     "LOSSES",
-    "MODES",
     "BCEWithLogitsLoss",
-    "CombinedLoss",
     "CrossEntropyLoss",
-    "DiceBCELoss",
-    "DiceCELoss",
     "DiceLoss",
     "FocalLoss",
     "JaccardLoss",
     "TverskyLoss",
     "build_loss",
     "losses_for_mode",
-    "soft_counts",
 ]
 
 MODES: tuple[str, ...] = ("binary", "multiclass", "multilabel")
@@ -172,6 +170,8 @@ class TverskyLoss(nn.Module):
     contributes 0 (but still counts in the mean, as in smp): with ``smooth = 0`` its index is
     ``0 / FP = 0`` whatever the prediction, a constant that carries no gradient, so zeroing it only
     makes a perfect prediction score a loss of 0.
+
+    Used in chapter 4.
     """
 
     modes: ClassVar[tuple[str, ...]] = MODES
@@ -532,24 +532,50 @@ LOSSES: dict[str, type[nn.Module]] = {
 
 
 def losses_for_mode(mode: str) -> list[str]:
-    """Names in :data:`LOSSES` that accept ``mode``."""
+    """Names in :data:`LOSSES` that accept ``mode``. Used in chapter 4."""
     return [name for name, cls in LOSSES.items() if mode in cls.modes]
 
 
-def build_loss(name: str, mode: str, **kwargs) -> nn.Module:
+class LabelMapLoss(nn.Module):
+    """A multi-label (per-class sigmoid) loss fed with label maps: ``(N, H, W)`` -> one channel per class.
+
+    Our masks are label maps in every mode; a multi-label loss wants ``(N, C, H, W)`` 0/1 targets.
+    """
+
+    def __init__(self, loss: nn.Module, classes: int) -> None:
+        super().__init__()
+        self.loss, self.classes = loss, classes
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        if target.ndim == logits.ndim - 1:  # a label map: one-hot it
+            target = F.one_hot(target.long(), self.classes).movedim(-1, 1).float()
+        return self.loss(logits, target)
+
+
+def loss_class(name: str, mode: str, class_weights: Sequence[float] | None = None) -> type[nn.Module]:
+    """The loss class registered as ``name``, checked against ``mode`` (and against class weights, if given)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    cls = lookup(LOSSES, name, "loss")
+    if mode not in cls.modes:
+        raise ValueError(f"{name!r} does not support mode {mode!r} (it supports: {', '.join(cls.modes)}); "
+                         f"losses for {mode}: {', '.join(losses_for_mode(mode))}")
+    if class_weights is not None and "class_weights" not in inspect.signature(cls).parameters:
+        raise ValueError(f"loss {name!r} takes no class weights; use a CE-type loss, or loss.params "
+                         "(e.g. pos_weight for BCE)")
+    return cls
+
+
+def build_loss(name: str, mode: str, classes: int | None = None, **kwargs) -> nn.Module:
     """Build the loss registered as ``name`` for ``mode``; ``kwargs`` go to its constructor.
+
+    With ``classes`` (the model's output channels) a ``multilabel`` loss also accepts label maps
+    (:class:`LabelMapLoss`), as the trainer, the LR range test and the benchmark feed it.
 
     >>> build_loss("dice_ce", "multiclass", ignore_background=True)  # doctest: +ELLIPSIS
     DiceCELoss(...)
+
+    Used in chapters 4, 5, 6 and 8.
     """
-    if mode not in MODES:
-        raise ValueError(f"Unknown mode {mode!r}; expected one of {MODES}")
-    if name not in LOSSES:
-        raise ValueError(f"Unknown loss {name!r}; available: {', '.join(LOSSES)}")
-    cls = LOSSES[name]
-    if mode not in cls.modes:
-        raise ValueError(
-            f"Loss {name!r} does not fit mode {mode!r} (it supports: {', '.join(cls.modes)}). "
-            f"Losses for {mode!r}: {', '.join(losses_for_mode(mode))}"
-        )
-    return cls(mode, **kwargs)
+    loss = loss_class(name, mode, class_weights=kwargs.get("class_weights"))(mode, **kwargs)
+    return LabelMapLoss(loss, classes) if mode == "multilabel" and classes is not None else loss

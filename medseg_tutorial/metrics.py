@@ -37,20 +37,15 @@ import torch
 from scipy import ndimage
 
 __all__ = [
-    "Counts",
     "confusion_counts",
-    "confusion_counts_per_image",
-    "confusion_matrix",
     "dice_from_counts",
     "dice_per_class",
-    "hausdorff_distance",
     "hd95",
     "iou_from_counts",
     "iou_per_class",
     "per_image_scores",
     "per_patient_scores",
     "summarize_scores",
-    "surface_distances",
 ]
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -117,7 +112,10 @@ def confusion_counts(
     pred: ArrayLike, target: ArrayLike, num_classes: int, ignore_index: int | None = None
 ) -> Counts:
     """``(tp, fp, fn, tn)``, each of shape ``(num_classes,)``, over all pixels of ``pred``/``target``
-    (any shape: one slice, a volume, or a whole batch pooled)."""
+    (any shape: one slice, a volume, or a whole batch pooled).
+
+    Used in chapter 4.
+    """
     return _counts_from_matrix(confusion_matrix(pred, target, num_classes, ignore_index))
 
 
@@ -141,13 +139,19 @@ def _safe_ratio(num: np.ndarray, den: np.ndarray, empty_score: float) -> np.ndar
 
 
 def dice_from_counts(tp, fp, fn, empty_score: float = math.nan) -> np.ndarray:
-    """``2TP / (2TP + FP + FN)``; ``empty_score`` where the class is in neither truth nor prediction."""
+    """``2TP / (2TP + FP + FN)``; ``empty_score`` where the class is in neither truth nor prediction.
+
+    Used in chapter 4.
+    """
     tp = np.asarray(tp)
     return _safe_ratio(2 * tp, 2 * tp + np.asarray(fp) + np.asarray(fn), empty_score)
 
 
 def iou_from_counts(tp, fp, fn, empty_score: float = math.nan) -> np.ndarray:
-    """``TP / (TP + FP + FN)``; ``empty_score`` where the class is in neither truth nor prediction."""
+    """``TP / (TP + FP + FN)``; ``empty_score`` where the class is in neither truth nor prediction.
+
+    Used in chapter 4.
+    """
     tp = np.asarray(tp)
     return _safe_ratio(tp, tp + np.asarray(fp) + np.asarray(fn), empty_score)
 
@@ -159,7 +163,7 @@ def dice_per_class(
     empty_score: float = math.nan,
     ignore_index: int | None = None,
 ) -> np.ndarray:
-    """Dice of every class (background included, index = label) for one image or volume."""
+    """Dice of every class (background included, index = label) for one image or volume. Used in chapters 3 and 4."""
     tp, fp, fn, _ = confusion_counts(pred, target, num_classes, ignore_index)
     return dice_from_counts(tp, fp, fn, empty_score)
 
@@ -249,7 +253,10 @@ def hd95(
 ) -> float:
     """95th percentile Hausdorff distance in mm; see :func:`hausdorff_distance` for the definition
     and the empty-mask policy. ``spacing`` is ``(row, col)`` in 2-D, ``(slice, row, col)`` in 3-D
-    (default: 1 per axis, i.e. voxel units)."""
+    (default: 1 per axis, i.e. voxel units).
+
+    Used in chapter 4.
+    """
     return hausdorff_distance(pred_mask, true_mask, spacing, percentile=95.0, one_empty=one_empty)
 
 
@@ -276,6 +283,8 @@ def per_image_scores(
     """Dice and IoU of each image ``(N, *spatial)`` and class: one row per image x class.
 
     Columns: ``image, class, [class_name], dice, iou, tp, fp, fn``.
+
+    Used in chapter 4.
     """
     tp, fp, fn, _ = confusion_counts_per_image(preds, targets, num_classes)
     classes = np.arange(0 if include_background else 1, num_classes)
@@ -336,6 +345,8 @@ def per_patient_scores(
     Returns one row per patient x class (background only if ``include_background``), patients in
     order of first appearance. Columns: ``patient_id, class, [class_name], dice, iou, [hd95],
     tp, fp, fn``.
+
+    Used in chapters 4, 5 and 8.
     """
     p, t = _to_numpy(preds), _to_numpy(targets)
     ids = np.asarray(_to_numpy(patient_ids)).astype(str)
@@ -372,6 +383,8 @@ def summarize_scores(df: pd.DataFrame) -> pd.DataFrame:
     values. The last row averages the per-class means (macro average): its ``dice_mean`` is the
     overall mean Dice, also stored in ``result.attrs["mean_dice"]``. An ``inf`` HD95 (one mask
     empty) makes that class's ``hd95_mean`` infinite, on purpose: it is a failure to report.
+
+    Used in chapters 4 and 8.
     """
     metrics = [m for m in ("dice", "iou", "hd95") if m in df.columns]
     keys = ["class", "class_name"] if "class_name" in df.columns else ["class"]

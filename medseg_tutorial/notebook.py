@@ -8,24 +8,13 @@ from __future__ import annotations
 
 import os
 import platform
-import random
-import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from ._paths import cache_dir, data_root
 from ._version import __version__
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def results_dir() -> Path:
-    """Folder of the committed results tables: the repo's book/results, else ./results (course copies)."""
-    in_repo = REPO / "book" / "results"
-    return in_repo if in_repo.is_dir() else Path.cwd() / "results"
+from .paths import cache_dir, data_root
+from .provenance import git_commit, seed_everything
 
 
 @dataclass(frozen=True)
@@ -49,17 +38,6 @@ class Environment:
         )
 
 
-def git_commit(path: Path = REPO) -> str:
-    """Short commit hash of the checkout, or "unknown" outside a git clone."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
-
-
 def device_name() -> str:
     """Human-readable accelerator name, or the CPU model."""
     import torch
@@ -77,12 +55,12 @@ def setup(seed: int = 0, quiet: bool = False, datasets: Sequence[str] = ()) -> E
     ``datasets`` are the public datasets the chapter cannot do without: each missing one is
     downloaded (checksum-verified, cached) into the data root; if that is impossible, a
     :class:`~medseg_tutorial.data.DataError` says why and how to get it, before any other cell runs.
+
+    Used in chapters 1, 2, 3, 4, 5, 6, 7, 8 and 9.
     """
     import torch
 
-    random.seed(seed)
-    np.random.seed(seed)  # noqa: NPY002  (seeds legacy global state that libraries still use)
-    torch.manual_seed(seed)
+    seed_everything(seed)
     try:
         import matplotlib.pyplot as plt
 
@@ -91,7 +69,7 @@ def setup(seed: int = 0, quiet: bool = False, datasets: Sequence[str] = ()) -> E
         pass
     env = Environment(
         package_version=__version__,
-        commit=git_commit(),
+        commit=git_commit(short=True),
         python=platform.python_version(),
         torch=torch.__version__,
         device=device_name(),
@@ -120,10 +98,16 @@ def require_dataset(name: str, say: Callable[[str], None] = print) -> None:
 
 
 def dataset_available(subdir: str) -> bool:
-    """Whether ``subdir`` exists under the data root (chapters fall back to committed results if not)."""
+    """Whether ``subdir`` exists under the data root (chapters fall back to committed results if not).
+
+    Used in chapters 1, 2, 3, 4 and 5.
+    """
     return (data_root() / subdir).exists()
 
 
 def fast_mode() -> bool:
-    """True when ``MEDSEG_BOOK_FAST=1``: live training cells shrink further (used by CI smoke runs)."""
+    """True when ``MEDSEG_BOOK_FAST=1``: live training cells shrink further (used by CI smoke runs).
+
+    Used in chapters 5, 6, 7 and 8.
+    """
     return os.environ.get("MEDSEG_BOOK_FAST") == "1"

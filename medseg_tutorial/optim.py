@@ -25,14 +25,10 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, OneCycleLR, ReduceLROnPlateau
 
-__all__ = [
-    "OPTIMIZERS",
-    "SCHEDULERS",
-    "LRFinderResult",
-    "build_optimizer",
-    "build_scheduler",
-    "lr_range_test",
-]
+from .names import lookup
+from .step import NonFiniteLossError, TrainStep
+
+__all__ = ["OPTIMIZERS", "build_optimizer", "build_scheduler", "lr_range_test"]
 
 # --------------------------------------------------------------------------------------------------
 # Optimizers
@@ -60,6 +56,11 @@ def _on_cuda(params: list[Any]) -> bool:
     return bool(tensors) and all(t.is_cuda for t in tensors)
 
 
+def optimizer_class(name: str) -> type[Optimizer]:
+    """The torch optimizer class registered as ``name`` in :data:`OPTIMIZERS`."""
+    return lookup(OPTIMIZERS, name, "optimizer")[0]
+
+
 def build_optimizer(
     name: str,
     params: Iterable[Any],
@@ -77,10 +78,10 @@ def build_optimizer(
     CUDA kernel when every parameter is on a GPU and the optimizer has one (SGD, Adam, AdamW): one
     kernel launch for all tensors instead of several per tensor. Otherwise torch chooses its own
     default (multi-tensor ``foreach`` on CUDA, a plain loop on CPU).
+
+    Used in chapters 6 and 8.
     """
-    if name not in OPTIMIZERS:
-        raise KeyError(f"unknown optimizer {name!r}; choose from {sorted(OPTIMIZERS)}")
-    cls, knobs = OPTIMIZERS[name]
+    cls, knobs = lookup(OPTIMIZERS, name, "optimizer")
     params = _with_lr(params, lr)
     ours = {"momentum": momentum, "nesterov": nesterov, "betas": betas}
     kwargs: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay, **{k: ours[k] for k in knobs}}
@@ -145,6 +146,11 @@ SCHEDULERS: dict[str, tuple[Callable[..., Any], str]] = {
 }
 
 
+def scheduler_factory(name: str) -> Callable[..., Any]:
+    """The factory registered as ``name`` in :data:`SCHEDULERS`."""
+    return lookup(SCHEDULERS, name, "scheduler")[0]
+
+
 def build_scheduler(
     name: str,
     optimizer: Optimizer,
@@ -161,10 +167,10 @@ def build_scheduler(
     ends there, onecycle anneals to it, plateau never reduces below it). ``warmup_steps`` is a linear
     warm-up for constant and cosine, and sets onecycle's ``pct_start``; plateau has none. Extra
     keyword arguments go to the torch class (e.g. ``patience=5`` for plateau).
+
+    Used in chapter 6.
     """
-    if name not in SCHEDULERS:
-        raise KeyError(f"unknown scheduler {name!r}; choose from {sorted(SCHEDULERS)}")
-    factory, interval = SCHEDULERS[name]
+    factory, interval = lookup(SCHEDULERS, name, "scheduler")
     scheduler = factory(optimizer, epochs * steps_per_epoch, warmup_steps, min_lr_ratio, **kwargs)
     scheduler.medseg_interval = interval
     return scheduler
@@ -239,18 +245,21 @@ def lr_range_test(
     params: Iterable[Any] | None = None,
     weight_decay: float = 0.0,
     suggest: str = "steepest",
+    normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> LRFinderResult:
     """Smith's LR range test (2017, as popularised by fastai): train briefly with an exponentially growing LR.
 
-    The LR grows from ``start_lr`` to ``end_lr`` over ``num_iter`` mini-batches; the loss is smoothed
-    with an exponential moving average (weight ``smooth`` on the newest loss, bias-corrected) and the
-    sweep stops early once the smoothed loss exceeds ``diverge_factor`` x its minimum or becomes
-    non-finite. ``suggest="steepest"`` returns the LR where the smoothed loss falls fastest,
-    ``"min/10"`` a tenth of the LR at its minimum. ``params`` may be parameter groups (e.g. from a
-    strategy plan); their ``lr_scale`` ratios are kept during the sweep.
+    The LR grows from ``start_lr`` to ``end_lr`` over ``num_iter`` mini-batches, each trained by the
+    trainer's own :class:`~medseg_tutorial.step.TrainStep`; the loss is smoothed with an exponential
+    moving average (weight ``smooth`` on the newest loss, bias-corrected) and the sweep stops early
+    once the smoothed loss exceeds ``diverge_factor`` x its minimum or becomes non-finite.
+    ``suggest="steepest"`` returns the LR where the smoothed loss falls fastest, ``"min/10"`` a tenth
+    of the LR at its minimum. ``params`` may be parameter groups (e.g. from a strategy plan); their
+    ``lr_scale`` ratios are kept during the sweep. ``normalize`` is applied to the inputs, as in training.
 
     The model is moved to ``device`` (in place, like ``Module.to``), and afterwards its parameters,
     buffers, train/eval mode, gradients and the global RNG are as before: the test leaves no trace.
+    Used in chapter 6.
     """
     if suggest not in SUGGESTIONS:
         raise KeyError(f"unknown suggestion rule {suggest!r}; choose from {sorted(SUGGESTIONS)}")
@@ -261,6 +270,7 @@ def lr_range_test(
     if params is None:
         params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(optimizer_name, params, lr=start_lr, weight_decay=weight_decay)
+    step = TrainStep(model, loss_fn, optimizer, normalize=normalize)
     scales = [g.get("lr_scale", 1.0) for g in optimizer.param_groups]
     gamma = (end_lr / start_lr) ** (1 / max(1, num_iter - 1))
 
@@ -272,19 +282,18 @@ def lr_range_test(
     try:
         with torch.random.fork_rng(devices=rng_devices):  # the sweep must not shift later randomness
             model.train()
+            optimizer.zero_grad(set_to_none=True)
             for i, batch in zip(range(num_iter), _cycle(loader)):
                 lr = start_lr * gamma**i
                 for group, scale in zip(optimizer.param_groups, scales):
                     group["lr"] = lr * scale
-                optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model(batch["image"].to(device)), batch["mask"].to(device))
-                if not torch.isfinite(loss):
+                try:
+                    loss = step(batch["image"], batch["mask"])
+                except NonFiniteLossError:
                     break
-                loss.backward()
-                optimizer.step()
-                avg = (1 - smooth) * avg + smooth * loss.item()
+                avg = (1 - smooth) * avg + smooth * loss
                 lrs.append(lr)
-                losses.append(loss.item())
+                losses.append(loss)
                 smoothed.append(avg / (1 - (1 - smooth) ** (i + 1)))  # bias-corrected EMA
                 best = min(best, smoothed[-1])
                 if smoothed[-1] > diverge_factor * best:

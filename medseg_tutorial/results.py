@@ -35,28 +35,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .paths import REPO
+
 __all__ = [
-    "RUN_COLUMNS",
     "aggregate",
-    "default_results_dir",
     "describe_differences",
-    "experiment_command",
     "load_curves",
     "load_results",
     "mean_std_table",
     "missing_message",
-    "order_levels",
     "paired_differences",
     "plot_curves",
     "plot_data_efficiency",
     "plot_grouped_bars",
     "plot_training_curves",
     "read_history",
-    "results_path",
     "run_provenance",
 ]
 
-REPO = Path(__file__).resolve().parents[1]
 
 # The columns every run row carries (per-class ``test_dice_<class>`` columns come on top).
 RUN_COLUMNS = (
@@ -94,6 +90,8 @@ def load_results(
     """Read a committed results table; ``None`` if it does not exist (or holds no rows).
 
     A table that exists but lacks a ``required`` column is an error, not a silent ``None``.
+
+    Used in chapters 3, 4, 5, 6, 7 and 9.
     """
     path = results_path(name, folder)
     if not path.is_file():
@@ -112,6 +110,8 @@ def load_curves(name: str, folder: str | os.PathLike | None = None) -> pd.DataFr
 
     Columns: those of the results table (optimizer, seed, strategy, ...) plus ``epoch``, ``step``,
     ``train_loss``, ``lr`` (renamed ``epoch_lr``) and ``val_dice`` (renamed ``epoch_val_dice``).
+
+    Used in chapter 6.
     """
     runs = load_results(name, folder)
     path = results_path(f"{name}_curves", folder)
@@ -132,7 +132,10 @@ def experiment_command(name: str) -> str:
 
 
 def missing_message(name: str, folder: str | os.PathLike | None = None) -> str:
-    """The note a chapter prints when a committed table is absent: where it should be, how to make it."""
+    """The note a chapter prints when a committed table is absent: where it should be, how to make it.
+
+    Used in chapters 3, 4, 5, 6, 7 and 9.
+    """
     command = experiment_command(name)
     return (f"No committed results table {results_path(name, folder)} yet.\n"
             f"Run `{command}` to produce it (a grid of training runs; see the chapter text for its cost), "
@@ -160,6 +163,8 @@ def aggregate(
     One metric gives the columns ``mean, std, n``; several give ``<metric>_mean, <metric>_std``
     and one ``n``. ``std`` is the sample standard deviation (ddof=1), NaN for a single run.
     ``n_train_patients`` (when present and not grouped on) is carried along as its group mean.
+
+    Used in chapter 9.
     """
     by = list(by)
     metrics = [metric] if isinstance(metric, str) else list(metric)
@@ -189,7 +194,10 @@ def _fmt(mean: float, std: float, digits: int) -> str:
 def mean_std_table(
     df: pd.DataFrame, index: str, columns: str, metric: str = "test_dice", digits: int = 3
 ) -> pd.DataFrame:
-    """A display table of ``"mean ± std"`` strings: ``index`` down, ``columns`` across."""
+    """A display table of ``"mean ± std"`` strings: ``index`` down, ``columns`` across.
+
+    Used in chapters 3, 4, 5, 6, 7 and 9.
+    """
     agg = aggregate(df, [index, columns], metric)
     agg["cell"] = [_fmt(m, s, digits) for m, s in zip(agg["mean"], agg["std"])]
     table = agg.pivot(index=index, columns=columns, values="cell")
@@ -212,6 +220,8 @@ def paired_differences(
     ``mean_diff, std_diff, n`` (paired runs) and ``wins`` (pairs where it scored higher). A
     negative ``mean_diff`` means the baseline was better: with ``baseline="scratch"`` and
     ``compare="weights"``, that is negative transfer.
+
+    Used in chapters 4, 5, 6, 7 and 9.
     """
     keys = [*by, *pair_on]
     base = df[df[compare] == baseline].set_index(keys)[metric]
@@ -241,6 +251,8 @@ def describe_differences(diff: pd.DataFrame, compare: str, baseline: Any, digits
     >>> diff = paired_differences(df, "weights", "scratch", by=["dataset"])  # doctest: +SKIP
     >>> describe_differences(diff, "weights", "scratch")  # doctest: +SKIP
     ['imagenet vs scratch (dataset=lgg): +0.041 ± 0.012 Dice, higher in 3 of 3 paired runs -> better in every paired run']
+
+    Used in chapters 4, 5, 6, 7 and 9.
     """
     by = [c for c in diff.columns if c not in (compare, "mean_diff", "std_diff", "n", "wins")]
     lines = []
@@ -260,7 +272,10 @@ def describe_differences(diff: pd.DataFrame, compare: str, baseline: Any, digits
 
 
 def run_provenance(df: pd.DataFrame) -> str:
-    """One line on where a results table came from: runs, hardware, commits, wall time."""
+    """One line on where a results table came from: runs, hardware, commits, wall time.
+
+    Used in chapters 3, 4, 5, 6, 7 and 9.
+    """
     parts = [f"{len(df)} runs"]
     for col, label, width in (("hardware", "hardware", None), ("commit", "commit", 12)):
         if col in df.columns:
@@ -316,6 +331,8 @@ def plot_data_efficiency(
 
     ``x`` is ``"n_train_patients"`` (the default, a log axis labelled with the actual counts) or
     ``"label_fraction"``. Returns the matplotlib axes.
+
+    Used in chapters 7 and 9.
     """
     ax = _axes(ax, (6.4, 4.2))
     agg = aggregate(df, [hue, x], metric)
@@ -357,6 +374,8 @@ def plot_grouped_bars(
     """Bars of the mean ``metric`` per ``group`` (and per ``hue`` level side by side), std as error bars.
 
     E.g. ``plot_grouped_bars(df, group="dataset", hue="weights")`` for source-transfer results.
+
+    Used in chapters 4, 5 and 9.
     """
     ax = _axes(ax, (6.4, 4.0))
     agg = aggregate(df, [group] + ([hue] if hue else []), metric)
@@ -389,7 +408,10 @@ def plot_grouped_bars(
 
 
 def read_history(run: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
-    """The per-epoch history of a run: its ``metrics.csv`` (a run folder or the file), or a DataFrame."""
+    """The per-epoch history of a run: its ``metrics.csv`` (a run folder or the file), or a DataFrame.
+
+    Used in chapter 8.
+    """
     if isinstance(run, pd.DataFrame):
         return run
     path = Path(run)
@@ -411,6 +433,8 @@ def plot_curves(
 
     ``curves`` is what :func:`load_curves` returns (one row per run and epoch); epochs without a
     value (no validation that epoch) are skipped. Returns the axes.
+
+    Used in chapter 6.
     """
     if ax is None:
         import matplotlib.pyplot as plt
@@ -436,9 +460,11 @@ def plot_training_curves(
 ) -> Any:
     """Training loss and validation Dice per epoch of a run, with unfreezing and the best epoch marked.
 
-    ``run`` is a run folder written by :func:`medseg_tutorial.trainer.train`, its ``metrics.csv``, or
+    ``run`` is a run folder written by :func:`medseg_tutorial.train.train`, its ``metrics.csv``, or
     the ``history`` DataFrame of a ``RunResult``. Epochs in which encoder stages were unfrozen
     (column ``unfrozen``) get a dotted vertical line labelled with the stages. Returns the two axes.
+
+    Used in chapter 8.
     """
     hist = read_history(run)
     if axes is None:

@@ -42,16 +42,14 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.hooks import RemovableHandle
 
+from .names import lookup
+
 __all__ = [
     "STRATEGIES",
-    "ModuleGroup",
-    "Strategy",
     "StrategyPlan",
-    "encoder_stages",
     "get_strategy",
     "list_strategies",
     "model_groups",
-    "register_strategy",
 ]
 
 UNUSED = "encoder.unused"
@@ -163,7 +161,10 @@ def encoder_stages(model: nn.Module) -> list[ModuleGroup]:
 
 
 def model_groups(model: nn.Module) -> list[ModuleGroup]:
-    """Encoder stages (shallow to deep), then one group per other part: decoder, segmentation head, ..."""
+    """Encoder stages (shallow to deep), then one group per other part: decoder, segmentation head, ...
+
+    Used in chapter 7.
+    """
     groups = encoder_stages(model)
     for name, child in model.named_children():
         if name != "encoder" and any(True for _ in child.parameters()):
@@ -372,14 +373,18 @@ def register_strategy(name: str) -> Callable[[Callable[..., Strategy]], Callable
 
 
 def list_strategies() -> list[str]:
+    """Names of the registered strategies. Used in chapter 7."""
     return sorted(STRATEGIES)
 
 
+def strategy_factory(name: str) -> Callable[..., Strategy]:
+    """The factory registered as ``name`` in :data:`STRATEGIES`."""
+    return lookup(STRATEGIES, name, "strategy")
+
+
 def get_strategy(name: str, **params: Any) -> Strategy:
-    """Build a named strategy, e.g. ``get_strategy("frozen_stages", k=2)``."""
-    if name not in STRATEGIES:
-        raise KeyError(f"unknown strategy {name!r}; choose from {list_strategies()}")
-    return STRATEGIES[name](**params)
+    """Build a named strategy, e.g. ``get_strategy("frozen_stages", k=2)``. Used in chapters 1, 7, 8 and 9."""
+    return strategy_factory(name)(**params)
 
 
 @register_strategy("scratch")

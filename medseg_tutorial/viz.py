@@ -21,13 +21,7 @@ from matplotlib.colors import ListedColormap, to_rgba
 from matplotlib.patches import Patch
 
 __all__ = [
-    "CLASS_COLORS",
-    "NO_LABEL_COLOR",
-    "SEVERAL_LABELS_COLOR",
-    "as_image",
-    "class_legend",
     "compare_decodings",
-    "label_colors",
     "multilabel_summary",
     "overlay",
     "plot_activation_curves",
@@ -35,7 +29,6 @@ __all__ = [
     "plot_series",
     "show_examples",
     "show_images",
-    "top_channels",
 ]
 
 # Colours of the foreground classes 1, 2, 3, ... (Okabe-Ito palette: distinguishable with the
@@ -118,6 +111,8 @@ def overlay(
 
     ``contour=True`` draws only the outline of each class, which keeps the anatomy underneath
     visible. Returns the axes.
+
+    Used in chapter 2.
     """
     ax = _new_ax(ax)
     img = as_image(image, channel)
@@ -158,6 +153,8 @@ def show_examples(
     ``title``, ``class_names``, ``channel``, ``caption`` (small text under the panel, e.g. a licence).
 
     Returns the figure.
+
+    Used in chapters 1 and 8.
     """
     n = len(examples)
     ncols = ncols or n
@@ -200,7 +197,10 @@ def show_images(
     channel: int | None = None,
 ) -> Any:
     """Images side by side. ``symmetric=True`` centres the colour scale on 0 (for filter responses
-    and feature maps, whose sign matters). Returns the figure."""
+    and feature maps, whose sign matters). Returns the figure.
+
+    Used in chapter 2.
+    """
     n = len(images)
     cmaps = [cmaps] * n if isinstance(cmaps, str) else list(cmaps)
     symmetric = [symmetric] * n if isinstance(symmetric, bool) else list(symmetric)
@@ -247,6 +247,8 @@ def plot_feature_maps(
     ``features`` is a list of ``(1, C, h, w)`` tensors, e.g. what an smp encoder returns; ``image``,
     if given, is drawn at the start of the first row. Each row is labelled with its stage name, the
     number of channels and the spatial size. Returns the figure.
+
+    Used in chapter 2.
     """
     extra = 1 if image is not None else 0  # column of the input image
     label_w = 0.7  # width of the column holding the row labels, relative to a map
@@ -301,7 +303,10 @@ def plot_series(
     marker: str | None = "o",
     styles: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Any:
-    """Line plot of ``{label: (x, y)}``; ``styles`` maps a label to extra ``ax.plot`` keywords. Returns the axes."""
+    """Line plot of ``{label: (x, y)}``; ``styles`` maps a label to extra ``ax.plot`` keywords. Returns the axes.
+
+    Used in chapter 2.
+    """
     ax = _new_ax(ax, (6.0, 3.6))
     for label, (x, y) in series.items():
         kw = {"marker": marker, "markersize": 3, **(styles or {}).get(label, {})}
@@ -323,6 +328,8 @@ def plot_activation_curves(curves: Mapping[str, Any], axes: Any = None) -> Any:
 
     ``curves`` maps a name to an object with ``x``, ``value`` and ``gradient`` arrays, e.g. what
     ``medseg_tutorial.activations.activation_curves()`` returns. Returns the two axes.
+
+    Used in chapter 5.
     """
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(9.0, 3.4))
@@ -356,7 +363,10 @@ def plot_activation_curves(curves: Mapping[str, Any], axes: Any = None) -> Any:
 def multilabel_summary(onehot: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Collapse a multilabel decoding ``(K, H, W)`` of 0/1 channels (class 0 = background) into
     ``(labels, none, several)``: the label map where exactly one channel is on (0 elsewhere), and
-    boolean maps of the pixels no channel claims and of those several channels claim."""
+    boolean maps of the pixels no channel claims and of those several channels claim.
+
+    Used in chapter 5.
+    """
     on = _numpy(onehot).astype(bool)
     if on.ndim != 3:
         raise ValueError(f"expected (K, H, W) channels, got shape {on.shape}")
@@ -378,7 +388,10 @@ def compare_decodings(
     """Three panels: the reference, the softmax arg-max labels and the per-class sigmoid labels, the
     latter with pixels claimed by no class (magenta) and by several classes (white) marked.
     ``zoom=m`` crops all panels to the box around every labelled or marked pixel plus ``m`` pixels.
-    Returns the axes."""
+    Returns the axes.
+
+    Used in chapter 5.
+    """
     if axes is None:
         _, axes = plt.subplots(1, 3, figsize=(3 * size, size + 0.4))
     labels, none, several = multilabel_summary(multilabel_onehot)

@@ -9,7 +9,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from medseg_tutorial.bench import (
+from medseg_tutorial.cli import main
+from medseg_tutorial.models import build_model
+from medseg_tutorial.tools.bench import (
     BenchConfig,
     format_report,
     peak_tflops,
@@ -17,8 +19,6 @@ from medseg_tutorial.bench import (
     save_report,
     training_flops,
 )
-from medseg_tutorial.cli import main
-from medseg_tutorial.models import build_model
 
 TINY = {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}
 

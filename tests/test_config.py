@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from medseg_tutorial.config import Config, ConfigError, find_config, load_config
+from medseg_tutorial.data import dataset_info
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
@@ -37,7 +38,7 @@ def test_automatic_values_come_from_the_dataset() -> None:
         (1, 3, "multiclass", "dice_ce")
     lgg = load_config({"data": {"dataset": "lgg"}})  # 3 MRI channels, binary task: one logit channel
     assert (lgg.model.in_channels, lgg.model.classes, lgg.loss.mode, lgg.loss.name) == (3, 1, "binary", "dice_bce")
-    assert lgg.num_classes == 2
+    assert dataset_info("lgg").num_classes == 2
     explicit = load_config({"data": {"dataset": "lgg"}, "model": {"classes": 2}, "loss": {"mode": "multiclass"}})
     assert (explicit.model.classes, explicit.loss.name) == (2, "dice_ce")
 
@@ -79,7 +80,7 @@ def test_yaml_1e_minus_3_is_a_number() -> None:
         ({"data": {"fractions": [0.5, 0.5, 0.5]}}, r"data\.fractions: must be three non-negative numbers"),
         ({"data": {"label_fraction": 0}}, r"data\.label_fraction: must be in \(0, 1\]"),
         ({"data": {"dataset": "hipocampus"}}, r"data\.dataset: unknown dataset 'hipocampus'"),
-        ({"model": {"encoder": "resnet19"}}, r"model\.encoder: unknown name 'resnet19'; did you mean 'resnet18'"),
+        ({"model": {"encoder": "resnet19"}}, r"model\.encoder: unknown encoder 'resnet19'; did you mean 'resnet18'"),
         ({"strategy": {"name": "frozen_stage"}}, r"strategy\.name: .*did you mean 'frozen_stages'"),
         ({"optim": {"name": "adamww"}}, r"optim\.name: .*did you mean 'adamw'"),
         ({"optim": {"scheduler": "cosin"}}, r"optim\.scheduler: .*did you mean 'cosine'"),

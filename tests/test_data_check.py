@@ -12,16 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medseg_tutorial.data import (
-    Case,
-    DataError,
-    DatasetInfo,
-    check_dataset,
-    read_msd_task,
-    register_dataset,
-    registry,
-    summarize_dataset,
-)
+from medseg_tutorial.data import Case, DataError, DatasetInfo, register_dataset, registry, summarize_dataset
+from medseg_tutorial.data.msd import read_msd_task
+from medseg_tutorial.tools.check import check_dataset
 
 
 def _nifti(path: Path, arr: np.ndarray) -> Path:

@@ -51,7 +51,7 @@ def _env() -> dict[str, str]:
 
 
 def _trainer_args(run_dir: Path, batch_size: int) -> list[str]:
-    return ["-m", "medseg_tutorial.trainer", str(REPO / "configs" / "phantom.yaml"), *COMMON,
+    return ["-m", "medseg_tutorial.cli", "train", str(REPO / "configs" / "phantom.yaml"), *COMMON,
             f"train.batch_size={batch_size}", "--run-dir", str(run_dir), "--no-progress"]
 
 
@@ -69,7 +69,7 @@ def test_two_process_ddp_matches_single_process_with_the_same_global_batch(tmp_p
 
     info = json.loads((ddp_dir / "run.json").read_text())
     assert info["world_size"] == 2 and info["status"] == "completed"
-    assert ddp_out.count('"best_score"') == 1, "only rank 0 prints the summary"
+    assert ddp_out.count("best validation Dice") == 1, "only rank 0 prints the summary"
 
     a = torch.load(single_dir / "last.pt", map_location="cpu", weights_only=True)
     b = torch.load(ddp_dir / "last.pt", map_location="cpu", weights_only=True)

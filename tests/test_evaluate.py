@@ -25,7 +25,7 @@ from medseg_tutorial.evaluate import (
     restore_size,
     save_overlays,
 )
-from medseg_tutorial.trainer import train
+from medseg_tutorial.train import train
 
 
 @pytest.fixture(scope="module")

@@ -65,14 +65,15 @@ def test_grids_have_the_promised_shape() -> None:
     assert len(expand_grid(load_experiment("data_efficiency", "cpu"))) == 4 * 6 * 3
     assert values("data_efficiency", "data.label_fraction") == [0.05, 0.1, 0.25, 1.0]
     assert {"model.weights": None, "strategy.name": "scratch"} in values("data_efficiency", "strategy.name")
-    assert set(values("source_transfer", "model.weights")) == {
-        "source:acdc", "source:lgg", "source:covid_ct", "imagenet", None}
+    assert values("source_transfer", "init") == [{"model.source": "covid_ct"}, {"model.source": "acdc"},
+                                                 {"model.source": "lgg"}, {"model.weights": "imagenet"},
+                                                 {"model.weights": None}]
     losses = values("losses", "loss.name")
     assert losses[:4] == ["bce", "dice", "dice_bce", "focal"]
     tversky = losses[4]["loss.params"]  # alpha = beta = 0.5 would be Dice again
     assert losses[4]["loss.name"] == "tversky" and tversky["beta"] > tversky["alpha"]
     assert values("optimizers", "optim.name") == ["sgd", "adam", "adamw", "rmsprop"]
-    assert load_experiment("optimizers", "cpu").config["optim"]["lr"] == "find"
+    assert load_experiment("optimizers", "cpu").config["optim"]["lr_find"]["num_iter"] == 50
     assert {v["loss.mode"] for v in values("activation", "head")} == {"multiclass", "multilabel"}
     for name in SIX:
         assert values(name, "train.seed") == [0, 1, 2]
@@ -237,9 +238,9 @@ def test_a_rerun_skips_finished_rows_and_redoes_a_deleted_one(tmp_path: Path) ->
 def test_source_weights_and_lr_finder(tmp_path: Path) -> None:
     path = _write_experiment(
         tmp_path,
-        grid={"train.seed": [0], "model.weights": ["source:other_seed"], "optim.lr": ["find"]},
+        grid={"train.seed": [0], "model.source": ["other_seed"],
+              "optim.lr_find": [{"optim.lr_find": {"num_iter": 5, "start_lr": 1e-5, "end_lr": 1e-1}}]},
         sources={"other_seed": {"data": {"seed": 3}}},
-        lr_finder={"num_iter": 5, "start_lr": 1e-5, "end_lr": 1e-1},
     )
     report = run_experiment(path, "cpu", run_root=tmp_path / "runs", progress=False, say=_quiet)
     (row,) = read_rows(tmp_path / "results.csv")
@@ -265,7 +266,7 @@ def test_smoke_mode_writes_to_a_temporary_folder(tmp_path: Path) -> None:
 
 def test_a_run_cut_short_is_resumed_not_restarted(tmp_path: Path) -> None:
     from medseg_tutorial.config import load_config
-    from medseg_tutorial.trainer import train
+    from medseg_tutorial.train import train
 
     path = _write_experiment(tmp_path, grid={"train.seed": [0]})
     exp = load_experiment(path, "cpu")

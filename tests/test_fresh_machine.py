@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from medseg_tutorial.data import DataError, ensure_dataset, fetch_msd, iter_cases, read_msd_task
+from medseg_tutorial.data import DataError, iter_cases
+from medseg_tutorial.data.catalog import ensure_dataset
+from medseg_tutorial.data.download import fetch_msd
+from medseg_tutorial.data.msd import read_msd_task
 from medseg_tutorial.data.registry import dataset_path
 
 BOOK = Path(__file__).resolve().parents[1] / "book"

@@ -26,11 +26,12 @@ import pytest
 import torch
 
 from medseg_tutorial.config import load_config
-from medseg_tutorial.data.gpu_augment import DeviceAugment, DeviceBatchIterator
 from medseg_tutorial.distributed import DistInfo
+from medseg_tutorial.loaders import build_data
 from medseg_tutorial.losses import build_loss
 from medseg_tutorial.models import build_model
-from medseg_tutorial.trainer import build_data, train
+from medseg_tutorial.tools.gpu_augment import DeviceAugment, DeviceBatchIterator
+from medseg_tutorial.train import train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -192,7 +193,7 @@ def test_one_gpu_torchrun_training_run_completes(tmp_path: Path):
     run_dir = tmp_path / "run"
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-         "-m", "medseg_tutorial.trainer", str(REPO / "configs" / "phantom.yaml"), "preset=smoke", "train.device=cuda",
+         "-m", "medseg_tutorial.cli", "train", str(REPO / "configs" / "phantom.yaml"), "preset=smoke", "train.device=cuda",
          "train.amp=auto", "data.augment_on=device", "data.augment=light", "--run-dir", str(run_dir), "--no-progress"],
         env=_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr

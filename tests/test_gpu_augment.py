@@ -33,14 +33,15 @@ import torch
 from albumentations.augmentations.geometric import functional as fgeometric
 from scipy.stats import ks_2samp
 
-from medseg_tutorial import trainer as trainer_module
+from medseg_tutorial import train as trainer_module
 from medseg_tutorial.config import ConfigError, load_config
-from medseg_tutorial.data.gpu_augment import DeviceAugment, DeviceBatchIterator, affine_theta
 from medseg_tutorial.data.phantom import PHANTOM_INFO
 from medseg_tutorial.data.torch_data import train_transform
 from medseg_tutorial.data.types import SliceTable
 from medseg_tutorial.distributed import DistInfo
-from medseg_tutorial.trainer import NonFiniteLossError, build_data, train
+from medseg_tutorial.loaders import build_data
+from medseg_tutorial.tools.gpu_augment import DeviceAugment, DeviceBatchIterator, affine_theta
+from medseg_tutorial.train import NonFiniteLossError, train
 
 S = 64  # test slices are S x S
 N = 2000  # samples per pipeline in the distribution tests

@@ -6,17 +6,14 @@ import pytest
 import torch
 
 from medseg_tutorial.models import (
-    ARCHS,
-    ENCODERS,
-    ModelConfig,
     adapt_conv_weight,
-    adapt_first_conv,
     build_model,
     first_conv_name,
     input_normalization,
     normalize_input,
 )
-from medseg_tutorial.models.build import IMAGENET_MEAN, IMAGENET_STD
+from medseg_tutorial.models.build import ARCHS, ENCODERS, IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from medseg_tutorial.models.channels import adapt_first_conv
 
 SIZE = 64  # smallest size every encoder accepts (5 halvings)
 
@@ -41,7 +38,7 @@ def test_every_encoder_builds_offline_for_one_channel(encoder):
     with torch.no_grad():
         out = model(torch.randn(1, 1, SIZE, SIZE))
     assert out.shape == (1, 3, SIZE, SIZE)
-    assert model.medseg_config == ModelConfig(encoder, "unet", 1, 3, None, {})
+    assert model.medseg_config == ModelSpec(encoder, "unet", 1, 3, None, {})
     name = first_conv_name(model.encoder)  # found generically, whatever the encoder family
     assert model.encoder.get_submodule(name).in_channels == 1
     assert name == FIRST_CONV.get(encoder, name)
@@ -57,7 +54,7 @@ def test_every_arch_builds(arch):
 def test_bad_names_are_explained():
     with pytest.raises(KeyError, match=r"unknown encoder 'resnet7'.*resnet34"):
         build_model("resnet7", weights=None)
-    with pytest.raises(KeyError, match=r"unknown arch 'segformer'.*unet"):
+    with pytest.raises(KeyError, match=r"unknown architecture 'segformer'.*unet"):
         build_model("resnet18", weights=None, arch="segformer")
     with pytest.raises(TypeError, match="encoder_weights"):
         build_model("resnet18", weights=None, encoder_weights="imagenet")

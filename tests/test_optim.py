@@ -217,3 +217,23 @@ def test_lr_range_test_plot() -> None:
     ax = result.plot()
     assert ax.get_xscale() == "log"
     assert len(ax.get_lines()) == 3
+
+
+def test_lr_range_test_with_a_multilabel_loss_and_label_maps() -> None:
+    """The range test trains through the trainer's TrainStep and loss factory: label maps reach a
+    per-class sigmoid loss through the label-map adapter (this failed with a reshape error before)."""
+    from medseg_tutorial.builders import build_loss, build_network, input_normalizer
+    from medseg_tutorial.config import load_config
+    from medseg_tutorial.loaders import build_data
+
+    torch.manual_seed(0)
+    cfg = load_config("phantom", ["preset=smoke", "loss.mode=multilabel", "loss.name=dice_bce", "train.batch_size=4",
+                                  "optim.lr_find={num_iter: 6}"])
+    assert cfg.model.classes == 3  # one sigmoid channel per label, background included
+    data = build_data(cfg)
+    data.start_epoch(0)
+    model, plan = build_network(cfg, torch.device("cpu"))
+    result = lr_range_test(model, data.loader, build_loss(cfg), "adamw", 1e-5, 1e-1, num_iter=6,
+                           params=plan.param_groups(1.0), normalize=input_normalizer(cfg))
+    assert len(result.lrs) == 6 and all(math.isfinite(v) for v in result.losses)
+    assert 1e-5 <= result.suggestion <= 1e-1

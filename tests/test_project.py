@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import subprocess
 import sys
@@ -48,53 +49,110 @@ def test_cli_version() -> None:
     assert out.stdout.strip() == f"medseg-tutorial {__version__}"
 
 
-# Layering like smp: a module may import only from its own layer or below.
-LAYERS = {
-    0: {"_paths", "_version", "data", "losses", "metrics", "activations", "viz"},
-    1: {"models", "strategies", "optim", "exercises", "cnn", "leakage"},
-    2: {"config", "trainer", "distributed", "evaluate", "results"},
-    3: {"experiment", "bench", "cli", "course", "notebook", "__init__", "__main__"},
-}
-LAYER_OF = {name: level for level, names in LAYERS.items() for name in names}
+# Layering like smp, as ARCHITECTURE.md writes it: a module may import only from its own layer or below,
+# and no module may reach itself through imports at any depth (function-level imports included).
+def _layers_from_architecture() -> dict[str, int]:
+    """``{top-level module: layer}`` from the table under "## Layers" in ARCHITECTURE.md."""
+    text = (REPO / "ARCHITECTURE.md").read_text()
+    section = text.split("## Layers", 1)[1].split("\n## ", 1)[0]
+    layer_of = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].isdigit():
+            for name in cells[1].split(","):
+                layer_of[name.strip().strip("`").removesuffix("/").removesuffix(".py")] = int(cells[0])
+    return layer_of
 
 
-def _top_module(path: Path) -> str:
-    rel = path.relative_to(PKG)
-    return rel.parts[0].removesuffix(".py")
+LAYER_OF = _layers_from_architecture()
 
 
-def _imported_package_modules(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    found = set()
-    rel_parts = path.relative_to(PKG).parts
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            if node.level == 0 and node.module and node.module.startswith("medseg_tutorial"):
-                parts = node.module.split(".")[1:]
-            elif node.level > 0:
-                # Resolve "from ..x import y" against the file's package path.
-                base = list(rel_parts[:-1])[: len(rel_parts) - node.level]
-                parts = base + (node.module.split(".") if node.module else [a.name for a in node.names])
-            else:
-                continue
-            if parts:
-                # "from . import __version__" names an attribute of the package itself.
-                is_module = (PKG / parts[0]).is_dir() or (PKG / f"{parts[0]}.py").is_file()
-                found.add(parts[0] if is_module else "__init__")
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.startswith("medseg_tutorial."):
-                    found.add(alias.name.split(".")[1])
-    return found
+def test_architecture_lists_every_module() -> None:
+    tops = {p.relative_to(PKG).parts[0].removesuffix(".py") for p in PKG.rglob("*.py")} - {"__init__"}
+    assert tops - set(LAYER_OF) == set(), "modules missing from the layer table in ARCHITECTURE.md"
+    assert set(LAYER_OF) - tops - {"__init__"} == set(), "ARCHITECTURE.md lists modules that do not exist"
+
+
+def test_no_import_cycles_at_any_depth() -> None:
+    from medseg_tutorial.tools.shape import cycles, import_graph
+
+    assert cycles(import_graph()) == []
+
+
+def test_cycle_detector_finds_a_cycle() -> None:
+    from medseg_tutorial.tools.shape import cycles
+
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_core_never_imports_a_tool() -> None:
+    from medseg_tutorial.tools.shape import import_graph
+
+    offenders = {m: sorted(d for d in deps if d.startswith("medseg_tutorial.tools"))
+                 for m, deps in import_graph().items()
+                 if not m.startswith("medseg_tutorial.tools") and m != "medseg_tutorial.cli"}
+    assert {m: d for m, d in offenders.items() if d} == {}
+
+
+@functools.cache
+def _graph() -> dict[str, set[str]]:
+    from medseg_tutorial.tools.shape import import_graph
+
+    return import_graph()
 
 
 @pytest.mark.parametrize("path", sorted(PKG.rglob("*.py")), ids=lambda p: str(p.relative_to(PKG)))
 def test_layering(path: Path) -> None:
-    me = _top_module(path)
-    if me not in LAYER_OF:
-        pytest.fail(f"{path.relative_to(REPO)} is in no layer; add it to LAYERS in tests/test_project.py")
-    for other in _imported_package_modules(path) - {me}:
-        assert other in LAYER_OF, f"{path.name} imports unknown module {other}"
-        assert LAYER_OF[other] <= LAYER_OF[me], (
-            f"{path.relative_to(REPO)} (layer {LAYER_OF[me]}) imports {other} (layer {LAYER_OF[other]})"
+    from medseg_tutorial.tools.shape import module_name
+
+    me = module_name(path)
+    top = me.split(".")[1] if "." in me else "__init__"
+    for other in _graph()[me]:
+        other_top = other.split(".")[1] if "." in other else "__init__"
+        if other_top == top:
+            continue
+        assert LAYER_OF[other_top] <= LAYER_OF[top], (
+            f"{path.relative_to(REPO)} (layer {LAYER_OF[top]}) imports {other} (layer {LAYER_OF[other_top]})"
         )
+
+
+def _chapter_uses() -> dict[object, set[int]]:
+    """Package functions and classes each chapter notebook calls: {object: {chapter numbers}}."""
+    import importlib
+    import inspect
+    import json
+
+    uses: dict[object, set[int]] = {}
+    for nb in sorted((REPO / "book").glob("[0-9][0-9]_*.ipynb")):
+        chapter = int(nb.name[:2])
+        cells = json.loads(nb.read_text())["cells"]
+        code = "\n".join(line for c in cells if c["cell_type"] == "code" for line in "".join(c["source"]).splitlines()
+                         if not line.lstrip().startswith(("%", "!")))
+        modules, names = {}, []
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("medseg_tutorial"):
+                for alias in node.names:
+                    try:
+                        modules[alias.asname or alias.name] = importlib.import_module(f"{node.module}.{alias.name}")
+                    except ImportError:
+                        names.append(getattr(importlib.import_module(node.module), alias.name))
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules:
+                names.append(getattr(modules[node.value.id], node.attr, None))
+        for obj in names:
+            if (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__.startswith("medseg_tutorial"):
+                uses.setdefault(obj, set()).add(chapter)
+    return uses
+
+
+def test_functions_the_chapters_use_name_their_chapters() -> None:
+    """d2l's two-way link: the book imports the package, and the package says where the book uses it."""
+    uses = _chapter_uses()
+    assert len(uses) > 50  # the scan itself works
+    missing = []
+    for obj, chapters in uses.items():
+        doc = obj.__doc__ or ""
+        for chapter in sorted(chapters):
+            if not re.search(rf"[Uu]sed in chapters? (?:[\d, ]+ and )?[\d, ]*\b{chapter}\b", doc):
+                missing.append(f"{obj.__module__}.{obj.__qualname__}: chapter {chapter}")
+    assert not missing, "add 'Used in chapter N.' to these docstrings:\n" + "\n".join(missing)

@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 import torch
 
-from medseg_tutorial import trainer as trainer_module
+from medseg_tutorial import train as trainer_module
 from medseg_tutorial.config import load_config
-from medseg_tutorial.trainer import train
+from medseg_tutorial.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3
@@ -35,7 +35,7 @@ def _env() -> dict[str, str]:
 
 
 def _command(run_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "medseg_tutorial.trainer", str(REPO / "configs" / "phantom.yaml"),
+    return [sys.executable, "-m", "medseg_tutorial.cli", "train", str(REPO / "configs" / "phantom.yaml"),
             *OVERRIDES, "--run-dir", str(run_dir), "--no-progress", *extra]
 
 
@@ -109,8 +109,8 @@ def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path: Path, monkeypatch
     saves = []
     real_save = trainer_module.save_training_state
 
-    def crash_after_first_mid_epoch_save(path, cfg, model, optimizer, scheduler, scaler, state, dist_info):
-        real_save(path, cfg, model, optimizer, scheduler, scaler, state, dist_info)
+    def crash_after_first_mid_epoch_save(path, cfg, model, optimizer, scheduler, scaler, state, dist_info, log):
+        real_save(path, cfg, model, optimizer, scheduler, scaler, state, dist_info, log)
         saves.append((state.epoch, state.batch))
         if state.batch > 0 and state.epoch == 1:
             raise KeyboardInterrupt  # as if the job were pre-empted right after this checkpoint

@@ -13,20 +13,15 @@ import pytest
 import torch
 from torch import nn
 
-from medseg_tutorial import trainer as trainer_module
+from medseg_tutorial import train as trainer_module
 from medseg_tutorial.config import load_config
 from medseg_tutorial.data.splits import Split, save_split
+from medseg_tutorial.device import autocast_dtype, select_device
 from medseg_tutorial.distributed import DistInfo
+from medseg_tutorial.evaluate import predict
+from medseg_tutorial.loaders import batches_per_epoch, build_data
 from medseg_tutorial.models import load_checkpoint
-from medseg_tutorial.trainer import (
-    NonFiniteLossError,
-    autocast_dtype,
-    batches_per_epoch,
-    build_data,
-    predict,
-    select_device,
-    train,
-)
+from medseg_tutorial.train import NonFiniteLossError, train
 
 SMOKE = ["preset=smoke"]
 # a model whose gradient does not depend on how a batch is split: frozen (eval-mode) encoder
@@ -252,7 +247,7 @@ def test_predict_returns_label_maps() -> None:
 def test_slice_split_mode_leaks_patients_but_keeps_test_patients_out() -> None:
     from medseg_tutorial.config import load_config
     from medseg_tutorial.distributed import DistInfo
-    from medseg_tutorial.trainer import build_data
+    from medseg_tutorial.loaders import build_data
 
     base = ["preset=smoke", "train.device=cpu"]
     honest = build_data(load_config("configs/phantom.yaml", base), DistInfo())
@@ -269,7 +264,7 @@ def test_slice_split_mode_leaks_patients_but_keeps_test_patients_out() -> None:
 
 def test_multilabel_mode_trains_with_one_sigmoid_per_class(tmp_path) -> None:
     from medseg_tutorial.config import load_config
-    from medseg_tutorial.trainer import train
+    from medseg_tutorial.train import train
 
     cfg = load_config("configs/phantom.yaml", ["preset=smoke", "train.device=cpu", "loss.mode=multilabel",
                                                "loss.name=dice_bce", "train.epochs=1"])

@@ -13,15 +13,16 @@ import torchvision
 from safetensors.torch import save_file
 from skimage import data
 
-from medseg_tutorial.models import (
+from medseg_tutorial.models import build_model
+from medseg_tutorial.models import weights as weights_mod
+from medseg_tutorial.models.weights import (
     WeightsUnavailableError,
-    build_model,
+    convert_by_order,
+    efficientnet_lite0_file,
     efficientnet_lite0_state_dict,
     lite0_input,
     load_efficientnet_lite0_imagenet,
 )
-from medseg_tutorial.models import weights as weights_mod
-from medseg_tutorial.models.weights import convert_by_order, efficientnet_lite0_file
 
 
 @pytest.fixture(scope="module")

@@ -14,27 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._paths import data_root
-from . import acdc as _acdc  # noqa: F401  (importing the importer modules registers their datasets)
-from . import msd as _msd  # noqa: F401
-from . import paired as _paired  # noqa: F401
-from . import phantom as _phantom  # noqa: F401
+from ..paths import data_root
 from .download import archive_source, fetch_msd, msd_task_name
 from .errors import DataError
 from .registry import dataset_info, dataset_path, list_datasets
 
 DOWNLOAD_ENV = "MEDSEG_NO_DOWNLOAD"  # "1": never download (air-gapped machines, CI)
 
-__all__ = [
-    "DOWNLOAD_ENV",
-    "DatasetStatus",
-    "downloadable",
-    "ensure_dataset",
-    "fetch_dataset",
-    "format_dataset_list",
-    "list_local_datasets",
-    "manual_instructions",
-]
+__all__ = ["downloadable", "ensure_dataset", "fetch_dataset", "format_dataset_list"]
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pooch
 
-from .._paths import cache_dir, data_root
+from ..paths import cache_dir, data_root
 from .errors import DataError
 
 _MONAI_MIRROR = "https://msd-for-monai.s3-us-west-2.amazonaws.com"

@@ -110,6 +110,8 @@ def phantom_cases(n_patients: int = 12, seed: int = 0, n_slices: int = 8, size: 
 
     Each patient's seed is derived from ``(seed, patient number)``, so patient ``k`` is the same
     whatever ``n_patients`` is.
+
+    Used in chapter 3.
     """
     if n_patients < 1:
         raise ValueError(f"n_patients must be >= 1, got {n_patients}")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 import warnings
 import zipfile
@@ -33,9 +32,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .._paths import cache_dir as _cache_dir
 from .._version import __version__
-from . import phantom as _phantom  # noqa: F401  (registers the offline "phantom" dataset)
+from ..files import atomic_write
+from ..paths import cache_dir as _cache_dir
 from .preprocess import (
     RESIZE_MODES,
     default_normalizer,
@@ -77,23 +76,13 @@ def cache_path(name: str, params: dict, source: str, cache_dir: str | os.PathLik
 
 
 def _save(table: SliceTable, path: Path) -> None:
-    """Write ``table`` to ``path`` atomically: a temporary file in the same folder, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # uncompressed: loading is a plain read (timings in the module docstring)
-            np.savez(
-                f, images=table.images.astype(np.float16), masks=table.masks, patient_ids=table.patient_ids.astype(str),
-                slice_index=table.slice_index, spacing=table.spacing, meta=np.array(json.dumps(table.meta)),
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; a shared cache folder must stay readable
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``table`` to ``path`` atomically (:func:`medseg_tutorial.files.atomic_write`)."""
+    with atomic_write(path) as f:
+        # uncompressed: loading is a plain read (timings in the module docstring)
+        np.savez(
+            f, images=table.images.astype(np.float16), masks=table.masks, patient_ids=table.patient_ids.astype(str),
+            slice_index=table.slice_index, spacing=table.spacing, meta=np.array(json.dumps(table.meta)),
+        )
 
 
 def _load(path: Path, name: str) -> SliceTable:
@@ -115,6 +104,33 @@ def _load(path: Path, name: str) -> SliceTable:
         raise ValueError(f"cache holds dataset {meta.get('dataset')!r}, expected {name!r}")
     meta["cache"] = {"path": str(path), "loaded_from_cache": True}
     return SliceTable(info=dataset_info(name), meta=meta, **arrays)
+
+
+def _read_slices(name: str, root: str | os.PathLike | None, normalizer: str, params: dict, crop: tuple[int, int] | None,
+                 progress: bool) -> tuple[dict[str, list], int]:
+    """Read, check, normalise and resize every case: per-case arrays of the table's fields, and the case count."""
+    info = dataset_info(name)
+    norm_kw = {"window": tuple(params["window"])} if params["window"] else {}
+    parts: dict[str, list] = {k: [] for k in _ARRAYS}
+    n_cases = 0
+    for case in tqdm(iter_cases(name, root), desc=f"prepare {name}", unit="case", disable=not progress):
+        if case.mask is None:
+            raise ValueError(f"{name}: case {case.patient_id} ({case.source}) has no mask; only labelled cases can be prepared")
+        if case.mask.min() < 0 or case.mask.max() >= info.num_classes:
+            raise ValueError(
+                f"{name}: case {case.patient_id} ({case.source}) has labels outside 0..{info.num_classes - 1}"
+            )
+        case = normalize_case(case, info, normalizer, **norm_kw)
+        image, mask, spacing = resize_slices(case.image, case.mask.astype(np.uint8), params["size"],
+                                             mode=params["resize_mode"], spacing=case.spacing[1:], crop=crop)
+        n = len(image)
+        parts["images"].append(image.astype(np.float16))  # the cache's precision, see the module docstring
+        parts["masks"].append(mask)
+        parts["patient_ids"].append(np.full(n, case.patient_id))
+        parts["slice_index"].append(np.asarray(case.slice_index, np.int64))
+        parts["spacing"].append(np.tile(np.asarray(spacing, np.float32), (n, 1)))
+        n_cases += 1
+    return parts, n_cases
 
 
 def prepare_dataset(
@@ -144,6 +160,8 @@ def prepare_dataset(
         rebuild: ignore an existing cache file and prepare afresh.
         crop: first centre-crop (or pad) the native slices to ``(H, W)`` pixels, which zooms in on an
             organ in the middle of the field of view (the heart in ACDC) before the resize to ``size``.
+
+    Used in chapters 1, 3, 4, 6, 7 and 8.
     """
     info = dataset_info(name)
     # check cheap arguments now rather than after minutes of reading
@@ -178,26 +196,7 @@ def prepare_dataset(
             path.unlink(missing_ok=True)
 
     start = time.perf_counter()
-    norm_kw = {"window": tuple(params["window"])} if params["window"] else {}
-    parts: dict[str, list] = {k: [] for k in _ARRAYS}
-    n_cases = 0
-    for case in tqdm(iter_cases(name, root), desc=f"prepare {name}", unit="case", disable=not progress):
-        if case.mask is None:
-            raise ValueError(f"{name}: case {case.patient_id} ({case.source}) has no mask; only labelled cases can be prepared")
-        if case.mask.min() < 0 or case.mask.max() >= info.num_classes:
-            raise ValueError(
-                f"{name}: case {case.patient_id} ({case.source}) has labels outside 0..{info.num_classes - 1}"
-            )
-        case = normalize_case(case, info, normalizer, **norm_kw)
-        image, mask, spacing = resize_slices(case.image, case.mask.astype(np.uint8), params["size"],
-                                             mode=resize_mode, spacing=case.spacing[1:], crop=crop)
-        n = len(image)
-        parts["images"].append(image.astype(np.float16))  # the cache's precision, see the module docstring
-        parts["masks"].append(mask)
-        parts["patient_ids"].append(np.full(n, case.patient_id))
-        parts["slice_index"].append(np.asarray(case.slice_index, np.int64))
-        parts["spacing"].append(np.tile(np.asarray(spacing, np.float32), (n, 1)))
-        n_cases += 1
+    parts, n_cases = _read_slices(name, root, normalizer, params, crop, progress)
     if n_cases == 0:
         raise ValueError(f"{name}: no cases found under {source}")
     arrays = {k: np.concatenate(parts.pop(k)) for k in _ARRAYS}

@@ -72,7 +72,7 @@ def resolve_window(window: str | tuple[float, float] | None) -> tuple[float, flo
 
 @register_normalizer("ct_window")
 def ct_window(image: np.ndarray, window: str | tuple[float, float] | None = None) -> np.ndarray:
-    """Map HU in ``[level - width/2, level + width/2]`` linearly to [0, 1]; clip outside."""
+    """Map HU in ``[level - width/2, level + width/2]`` linearly to [0, 1]; clip outside. Used in chapter 3."""
     level, width = resolve_window(window)
     lo = level - width / 2
     return np.clip((image.astype(np.float32) - lo) / width, 0.0, 1.0)
@@ -94,6 +94,8 @@ def percentile_zscore(image: np.ndarray, low: float = 0.5, high: float = 99.5) -
     """Per channel over the whole volume: clip to the ``low``/``high`` percentiles, then z-score.
 
     Clipping first stops a few hot voxels (flow artefacts, fat) from dominating mean and std.
+
+    Used in chapter 3.
     """
     if not 0 <= low < high <= 100:
         raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got ({low}, {high})")
@@ -135,7 +137,7 @@ def normalize_case(case: Case, info: DatasetInfo, method: str | None = None, **p
     return dataclasses.replace(case, image=image)
 
 
-def _pad_or_crop(arr: np.ndarray, size: tuple[int, int], fill: np.ndarray | float) -> np.ndarray:
+def pad_or_crop(arr: np.ndarray, size: tuple[int, int], fill: np.ndarray | float) -> np.ndarray:
     """Centre ``arr`` (..., H, W) in a ``size`` canvas filled with ``fill``; centre-crop what is larger.
 
     ``fill`` broadcasts against ``arr.shape[:-2]`` (one value per channel is ``(C, 1, 1)``-shaped).
@@ -213,9 +215,9 @@ def resize_slices(
     new_spacing = (float(spacing[0]) * h / new_hw[0], float(spacing[1]) * w / new_hw[1])
     if new_hw != size:
         fills = np.asarray(fill if fill is not None else image.min(axis=(0, 2, 3)), np.float32)
-        image = _pad_or_crop(image, size, fills.reshape(-1, 1, 1) if fills.ndim else fills)
+        image = pad_or_crop(image, size, fills.reshape(-1, 1, 1) if fills.ndim else fills)
         if mask is not None:
-            mask = _pad_or_crop(mask, size, 0)
+            mask = pad_or_crop(mask, size, 0)
     return image.astype(np.float32, copy=False), mask, new_spacing
 
 

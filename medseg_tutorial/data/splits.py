@@ -24,7 +24,7 @@ SPLIT_FORMAT = 1
 
 @dataclass
 class Split:
-    """Patient ids per subset, with the seed and fractions that produced them."""
+    """Patient ids per subset, with the seed and fractions that produced them. Used in chapters 7 and 8."""
 
     train: list[str]
     val: list[str]
@@ -94,6 +94,8 @@ def patient_split(
     ``patient_ids`` may repeat (one entry per slice) or be a :class:`SliceTable`. ``stratify`` maps
     each patient to a group (a scanner, a diagnosis); each group is then spread over the subsets in
     proportion. Every subset with a non-zero fraction gets at least one patient.
+
+    Used in chapters 3, 4, 5, 6, 7 and 8.
     """
     dataset = ""
     if isinstance(patient_ids, SliceTable):
@@ -137,6 +139,8 @@ def slice_split(
     Neighbouring slices of one patient end up in training and test alike, so test scores are
     inflated. This exists only to demonstrate leakage (see :func:`leakage_report`); never use it
     to report results. Returns row indices per subset.
+
+    Used in chapter 3.
     """
     n = len(n_slices) if isinstance(n_slices, SliceTable) else int(n_slices)
     sizes = _subset_sizes(n, _check_fractions(fractions))
@@ -150,6 +154,8 @@ def leakage_report(table: SliceTable, split_indices: Mapping[str, np.ndarray] | 
 
     ``split_indices`` maps subset names to row indices of ``table`` (as :func:`slice_split` returns),
     or is a :class:`Split`. A sound split reports ``leaking_patients == 0``.
+
+    Used in chapter 3.
     """
     if isinstance(split_indices, Split):
         split_indices = split_indices.indices(table)
@@ -176,7 +182,10 @@ def leakage_report(table: SliceTable, split_indices: Mapping[str, np.ndarray] | 
 
 
 def save_split(split: Split, path: str | os.PathLike, dataset: str | None = None) -> Path:
-    """Write ``split`` as a small JSON manifest (dataset, seed, fractions, counts, patient ids)."""
+    """Write ``split`` as a small JSON manifest (dataset, seed, fractions, counts, patient ids).
+
+    Used in chapters 3, 7 and 8.
+    """
     path = Path(path)
     manifest = {
         "format": SPLIT_FORMAT,
@@ -194,7 +203,7 @@ def save_split(split: Split, path: str | os.PathLike, dataset: str | None = None
 
 
 def load_split(path: str | os.PathLike) -> Split:
-    """Read a manifest written by :func:`save_split`; checks it is complete and consistent."""
+    """Read a manifest written by :func:`save_split`; checks it is complete and consistent. Used in chapter 3."""
     path = Path(path)
     try:
         manifest = json.loads(path.read_text())

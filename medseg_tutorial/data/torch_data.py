@@ -57,7 +57,7 @@ class ScaleShiftIntensity(A.ImageOnlyTransform):
 
 
 # Augmentation strength presets: (flips, max rotation in degrees, scale range, translation, intensity change)
-_STRENGTHS = {
+AUGMENT_STRENGTHS = {
     "light": dict(vflip=False, rotate=10.0, scale=(0.9, 1.1), translate=0.0, intensity=0.1),
     "medium": dict(vflip=True, rotate=20.0, scale=(0.85, 1.2), translate=0.06, intensity=0.2),
 }
@@ -74,10 +74,12 @@ def train_transform(
     mask together; the mask is resampled nearest-neighbour (labels stay labels), and uncovered
     pixels are filled with ``fill`` in the image and background (0) in the mask. ``seed`` seeds the
     pipeline; :func:`make_loader` reseeds it per worker.
+
+    Used in chapter 8.
     """
-    if strength not in _STRENGTHS:
-        raise ValueError(f"unknown augmentation strength {strength!r}; use one of {sorted(_STRENGTHS)}")
-    s = _STRENGTHS[strength]
+    if strength not in AUGMENT_STRENGTHS:
+        raise ValueError(f"unknown augmentation strength {strength!r}; use one of {sorted(AUGMENT_STRENGTHS)}")
+    s = AUGMENT_STRENGTHS[strength]
     h, w = int(size[0]), int(size[1])
     transforms = [
         A.RandomCrop(height=h, width=w, pad_if_needed=True, border_mode=cv2.BORDER_CONSTANT, fill=fill, fill_mask=0),
@@ -113,6 +115,8 @@ class SegmentationDataset(Dataset):
     Each item is ``dict(image=FloatTensor (C, H, W), mask=LongTensor (H, W), patient_id=str,
     slice_index=int)``. ``indices`` picks rows (e.g. one subset of a patient split);
     ``transform`` is an albumentations pipeline applied jointly to image and mask.
+
+    Used in chapters 6 and 8.
     """
 
     def __init__(self, table: SliceTable, indices: np.ndarray | list[int] | None = None, transform=None):
@@ -189,6 +193,8 @@ def make_loader(
     ``num_workers=None`` picks :func:`default_num_workers`; ``pin_memory=None`` pins when CUDA is
     available. With ``num_workers=0`` the dataset's pipeline is reseeded from ``seed`` here, so
     runs repeat exactly.
+
+    Used in chapters 6 and 8.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,9 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
+from ..names import lookup
 from .channels import adapt_first_conv_state, first_conv_name
-from .checkpoint import read_checkpoint
+from .checkpoint import CheckpointError, check_expected, read_checkpoint
 from .weights import IMAGENET_SOURCES
 
 # torchvision's ImageNet statistics (RGB, inputs scaled to 0-1): VGG and ResNet weights.
@@ -74,7 +76,7 @@ ARCHS: dict[str, type[nn.Module]] = {
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelSpec:
     """Everything needed to rebuild a model; attached as ``model.medseg_config``."""
 
     encoder: str
@@ -88,7 +90,7 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown model config keys {sorted(unknown)}")
@@ -96,10 +98,13 @@ class ModelConfig:
 
 
 def encoder_spec(name: str) -> EncoderSpec:
-    """The ``ENCODERS`` entry for ``name`` (error lists the known names)."""
-    if name not in ENCODERS:
-        raise KeyError(f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}")
-    return ENCODERS[name]
+    """The ``ENCODERS`` entry for ``name`` (the error lists the known names)."""
+    return lookup(ENCODERS, name, "encoder")
+
+
+def arch_class(name: str) -> type[nn.Module]:
+    """The smp architecture registered as ``name`` in ``ARCHS``."""
+    return lookup(ARCHS, name, "architecture")
 
 
 def build_model(
@@ -113,22 +118,23 @@ def build_model(
     """Build an smp segmentation model and load ``weights`` (see the module docstring).
 
     ``smp_kwargs`` go to the smp architecture (e.g. ``decoder_channels``). The model carries
-    ``medseg_config`` (a ``ModelConfig``) and ``medseg_transfer`` (which parts were loaded).
+    ``medseg_config`` (a ``ModelSpec``) and ``medseg_transfer`` (which parts were loaded).
+
+    Used in chapters 1, 2, 5, 6, 7, 8 and 9.
     """
     spec = encoder_spec(encoder)
-    if arch not in ARCHS:
-        raise KeyError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+    arch_cls = arch_class(arch)
     clash = {"encoder_name", "encoder_weights"} & set(smp_kwargs)
     if clash:
         raise TypeError(f"pass the encoder and weights as encoder=/weights=, not {sorted(clash)}")
-    model = ARCHS[arch](
+    model = arch_cls(
         encoder_name=spec.smp_name,
         encoder_weights=None,
         in_channels=in_channels,
         classes=classes,
         **smp_kwargs,
     )
-    config = ModelConfig(
+    config = ModelSpec(
         encoder, arch, in_channels, classes, None if weights is None else str(weights), smp_kwargs
     )
     if weights is None:
@@ -177,7 +183,7 @@ def _as_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def _load_file(model: nn.Module, config: ModelConfig, path: Path) -> dict[str, str]:
+def _load_file(model: nn.Module, config: ModelSpec, path: Path) -> dict[str, str]:
     """Load weights from a file; returns which parts were loaded or re-initialised."""
     state, meta = read_checkpoint(path)
     if meta is None:  # a plain encoder state dict, possibly saved with the "encoder." prefix
@@ -186,7 +192,7 @@ def _load_file(model: nn.Module, config: ModelConfig, path: Path) -> dict[str, s
         _load_encoder(model, state, str(path))
         return {"encoder": "loaded"}
 
-    source = ModelConfig.from_dict(meta["config"])
+    source = ModelSpec.from_dict(meta["config"])
     if source.encoder != config.encoder:
         raise ValueError(
             f"{path}: checkpoint has encoder {source.encoder!r}, but {config.encoder!r} was requested"
@@ -219,6 +225,8 @@ def input_normalization(
     encoder file is assumed to hold ImageNet weights. For ``in_channels != 3`` the RGB values are
     averaged, because the adapted first conv mixes the RGB filters (exact for EfficientNet-Lite,
     whose three channels share one mean and std).
+
+    Used in chapter 2.
     """
     spec = encoder_spec(encoder)
     if weights is None:
@@ -237,9 +245,39 @@ def input_normalization(
 
 
 def normalize_input(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """``(x - mean) / std`` per channel for a (..., C, H, W) tensor scaled to 0-1."""
+    """``(x - mean) / std`` per channel for a (..., C, H, W) tensor scaled to 0-1. Used in chapter 2."""
     if x.ndim < 3 or x.shape[-3] != len(mean) or len(mean) != len(std):
         raise ValueError(f"{len(mean)} means / {len(std)} stds for a tensor of shape {tuple(x.shape)}")
     m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     return (x - m) / s
+
+
+def load_checkpoint(
+    path: str | os.PathLike, expect: Mapping[str, Any] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model stored at ``path`` (in eval mode) and return ``(model, metadata)``.
+
+    ``expect`` (e.g. ``{"classes": 3, "encoder": "resnet34"}``) is checked against the stored
+    config and ``class_names`` before anything is built.
+    """
+    path = Path(path)
+    state, meta = read_checkpoint(path)
+    if meta is None:
+        raise CheckpointError(
+            f"{path}: a plain state dict, not a medseg checkpoint; "
+            "load encoder weights from it with build_model(encoder, weights=path)"
+        )
+    if expect:
+        check_expected(path, meta, expect)
+    config = ModelSpec.from_dict(meta["config"])
+    model = build_model(
+        config.encoder, None, config.in_channels, config.classes, config.arch, **config.smp_kwargs
+    )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not match the stored config: {err}") from None
+    model.medseg_config = config
+    model.medseg_transfer = meta.get("init", {})
+    return model.eval(), meta

@@ -30,6 +30,8 @@ def first_conv_name(module: nn.Module) -> str:
     Works for every smp encoder: ``conv1`` (ResNet), ``features.0`` (VGG), ``model.conv_stem``
     (timm "tu-" encoders). Like smp's ``patch_first_conv`` we rely on registration order, which
     for these CNNs is also execution order.
+
+    Used in chapter 7.
     """
     for name, sub in module.named_modules():
         if isinstance(sub, nn.Conv2d):
@@ -42,6 +44,8 @@ def adapt_conv_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
 
     ``in_channels == 1`` sums the c input filters; any other count repeats them cyclically and
     scales by ``c / in_channels`` (the module docstring explains why).
+
+    Used in chapter 7.
     """
     if weight.ndim != 4:
         raise ValueError(f"expected a Conv2d weight (out, in, kh, kw), got shape {tuple(weight.shape)}")

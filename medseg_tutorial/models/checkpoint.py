@@ -2,7 +2,7 @@
 
 A checkpoint holds the model's state dict and plain JSON metadata:
 
-* ``config``: the ``ModelConfig`` (encoder, arch, channels, classes, ...) to rebuild the network;
+* ``config``: the ``ModelSpec`` (encoder, arch, channels, classes, ...) to rebuild the network;
 * ``class_names``: label value -> name;
 * ``normalization``: ``{"mean": [...], "std": [...]}`` applied to the inputs during training;
 * ``provenance``: package versions plus what the caller adds (dataset, strategy, epoch, metrics);
@@ -13,16 +13,15 @@ never runs pickled code) and ``"safetensors"`` (metadata stored as JSON in the h
 written atomically: a crash mid-write never leaves a half-written checkpoint under the real name.
 
 Training state (optimizer, scheduler, RNG) belongs to the trainer; it can reuse
-``atomic_torch_save``.
+``atomic_torch_save``. Rebuilding a model from a checkpoint is ``build.load_checkpoint``: this module
+only reads and writes files, so it imports nothing from ``build``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
@@ -32,6 +31,8 @@ import safetensors.torch
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
+
+from ..files import atomic_write
 
 FORMAT = "medseg-checkpoint"
 FORMAT_VERSION = 1
@@ -45,26 +46,9 @@ class CheckpointError(RuntimeError):
 # --------------------------------------------------------------------------- atomic writes
 
 
-@contextmanager
-def _atomic_file(path: str | os.PathLike) -> Iterator[IO[bytes]]:
-    """Open a temporary file next to ``path``; on success fsync it and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory, so os.replace is an atomic rename on one filesystem; a hidden, unique name.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save(obj, path)`` that never leaves a partial file at ``path``."""
-    with _atomic_file(path) as f:
+    with atomic_write(path) as f:
         torch.save(obj, f)
     return Path(path)
 
@@ -155,7 +139,7 @@ def save_checkpoint(
         }
     )
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with _atomic_file(path) as f:
+    with atomic_write(path) as f:
         WRITERS[format](f, state, meta)
     return Path(path)
 
@@ -178,7 +162,7 @@ def _read_pt(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """(state dict, metadata) of a checkpoint; metadata is None for a plain state-dict file."""
+    """(state dict, metadata) of a checkpoint; metadata is None for a plain state-dict file. Used in chapter 7."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
@@ -199,7 +183,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return dict(state), meta
 
 
-def _check_expect(path: Path, meta: dict[str, Any], expect: Mapping[str, Any]) -> None:
+def check_expected(path: Path, meta: dict[str, Any], expect: Mapping[str, Any]) -> None:
     stored = {**meta["config"], "class_names": meta["class_names"]}
     unknown = set(expect) - set(stored)
     if unknown:
@@ -213,35 +197,3 @@ def _check_expect(path: Path, meta: dict[str, Any], expect: Mapping[str, Any]) -
 
 def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
-
-
-def load_checkpoint(
-    path: str | os.PathLike, expect: Mapping[str, Any] | None = None
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model stored at ``path`` (in eval mode) and return ``(model, metadata)``.
-
-    ``expect`` (e.g. ``{"classes": 3, "encoder": "resnet34"}``) is checked against the stored
-    config and ``class_names`` before anything is built.
-    """
-    from .build import ModelConfig, build_model  # build.py imports this module; avoid a cycle
-
-    path = Path(path)
-    state, meta = read_checkpoint(path)
-    if meta is None:
-        raise CheckpointError(
-            f"{path}: a plain state dict, not a medseg checkpoint; "
-            "load encoder weights from it with build_model(encoder, weights=path)"
-        )
-    if expect:
-        _check_expect(path, meta, expect)
-    config = ModelConfig.from_dict(meta["config"])
-    model = build_model(
-        config.encoder, None, config.in_channels, config.classes, config.arch, **config.smp_kwargs
-    )
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not match the stored config: {err}") from None
-    model.medseg_config = config
-    model.medseg_transfer = meta.get("init", {})
-    return model.eval(), meta

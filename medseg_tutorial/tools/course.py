@@ -18,15 +18,14 @@ from pathlib import Path
 
 import yaml
 
-from ._paths import CACHE_DIR_ENV, DATA_ROOT_ENV
-from ._version import __version__
+from .._version import __version__
+from ..paths import CACHE_DIR_ENV, DATA_ROOT_ENV, REPO
 
 try:
     import nbformat
 except ImportError as exc:  # nbformat comes with the book extra, not the core package
     raise ImportError("medseg course needs the book extra: pip install 'medseg-tutorial[book]'") from exc
 
-REPO = Path(__file__).resolve().parents[1]
 SOLUTION_TAG = "solution"
 STUDENT_TAG = "student"
 PLACEHOLDER = "# Your solution here"

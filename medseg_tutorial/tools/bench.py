@@ -3,7 +3,7 @@
 Four things are timed in ONE process, interleaved (A, B, C, D, A, B, C, D, ...) so that a noisy
 neighbour or a CPU that heats up slows every contestant alike:
 
-* ``trainer``      the step of :mod:`medseg_tutorial.trainer` (its data loader, autocast,
+* ``trainer``      the step of :mod:`medseg_tutorial.train` (its data loader, autocast,
                    channels-last, fused optimizer, gradient clipping, scheduler);
 * ``plain``        a hand-written smp + albumentations loop in float32: a ``Dataset`` that runs
                    albumentations per item, a ``DataLoader``, ``model(x)``, loss, ``backward``, ``step``;
@@ -26,13 +26,11 @@ Command line: ``medseg bench --device cpu --size 64`` (see ``benchmarks/README.m
 from __future__ import annotations
 
 import copy
-import json
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,22 +43,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import __version__
-from .config import Config, load_config
-from .distributed import DistInfo
-from .experiment import cpu_name
-from .losses import build_loss
-from .optim import build_optimizer, build_scheduler
-from .trainer import (
-    autocast_dtype,
-    build_data,
-    build_network,
-    input_normalizer,
-    loss_kwargs,
-    select_device,
-)
+from .. import __version__
+from ..builders import build_loss, build_network, build_optimizer, build_scheduler, build_step
+from ..config import Config, load_config
+from ..device import autocast_dtype, select_device
+from ..files import write_json
+from ..loaders import build_data
+from ..provenance import cpu_name
 
-__all__ = ["PEAK_TFLOPS", "BenchConfig", "format_report", "run_bench", "training_flops"]
+__all__ = ["BenchConfig", "format_report", "run_bench"]
 
 # Dense (no sparsity) bf16/fp16 tensor-core peaks from the vendors' data sheets, in TFLOP/s.
 # The first entry whose key appears in torch.cuda.get_device_name() is used.
@@ -127,42 +118,27 @@ def _sync(device: torch.device) -> None:
 
 
 def trainer_step(cfg: Config, device: torch.device) -> tuple[Callable[[], None], Callable[[], None]]:
-    """``(step, load_only)`` built with the trainer's own helpers.
+    """``(step, load_only)`` built with the trainer's own builders and its :class:`~medseg_tutorial.step.TrainStep`.
 
-    ``step`` runs one optimizer step exactly as the body of the loop in ``trainer.train`` does
-    (with ``accumulate=1``); ``load_only`` just draws the next batch from the same kind of loader.
+    ``step`` runs one optimizer step exactly as the loop in ``train.train`` does (with
+    ``accumulate=1``); ``load_only`` just draws the next batch from the same kind of loader.
     """
-    data = build_data(cfg, DistInfo())
+    data = build_data(cfg)
     data.start_epoch(0)
     model, plan = build_network(cfg, device)
-    normalize = input_normalizer(cfg, device)
-    optimizer = build_optimizer(cfg.optim.name, plan.param_groups(cfg.optim.lr, cfg.optim.weight_decay),
-                                lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    scheduler = build_scheduler(cfg.optim.scheduler, optimizer, epochs=1, steps_per_epoch=10**6)
+    optimizer = build_optimizer(cfg, plan)
+    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch=10**6)
     amp_dtype = autocast_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    loss_fn = build_loss(cfg.loss.name, cfg.loss.mode, **loss_kwargs(cfg)).to(device)
     net = torch.compile(model) if cfg.train.compile else model
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
-    batches, spare = _cycle(data.loader), _cycle(build_data(cfg, DistInfo()).loader)
+    train_step = build_step(cfg, net, optimizer, scaler, amp_dtype, build_loss(cfg).to(device))
+    batches, spare = _cycle(data.loader), _cycle(build_data(cfg).loader)
     net.train()
     plan.train_mode(model)
 
     def step() -> None:
         batch = next(batches)
-        x = batch["image"].to(device, non_blocking=True)
-        y = batch["mask"].to(device, non_blocking=True)
-        if cfg.train.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast:
-            loss = loss_fn(net(normalize(x)), y)
-        loss.item()  # the trainer reads every loss (NaN check, logging): a sync per step
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(batch["image"], batch["mask"])
         scheduler.step()
 
     def load_only() -> None:
@@ -193,7 +169,7 @@ class PlainDataset(Dataset):
 
 def plain_step(cfg: Config, model: nn.Module, device: torch.device) -> tuple[Callable[[], None], Callable[[], None]]:
     """``(step, load_only)`` of the float32 tutorial loop, on a copy of ``model``'s initial weights."""
-    table = build_data(cfg, DistInfo()).table  # the prepared slices (cached): the same data
+    table = build_data(cfg).table  # the prepared slices (cached): the same data
     dataset = PlainDataset(table.images, table.masks)
 
     def loader() -> DataLoader:
@@ -202,7 +178,7 @@ def plain_step(cfg: Config, model: nn.Module, device: torch.device) -> tuple[Cal
 
     model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
-    loss_fn = build_loss(cfg.loss.name, cfg.loss.mode).to(device)
+    loss_fn = build_loss(cfg).to(device)
     batches, spare = _cycle(loader()), _cycle(loader())
     model.train()
     running = 0.0
@@ -351,9 +327,4 @@ def format_report(report: dict[str, Any]) -> str:
 
 def save_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write the report as JSON (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(path, report)

@@ -8,20 +8,18 @@ meeting the errors one training run at a time.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-
-from ._io import FileLayout, Item, check_labels, group_items, stack_slices
-from .acdc import ACDC, ACDC_H5_LAYOUT, ACDC_NIFTI_LAYOUT
-from .errors import DataError
-from .msd import msd_info, msd_layout
-from .paired import READERS, paired_items, paired_layout, read_paired_item
-from .registry import dataset_importer, dataset_info, dataset_path, iter_cases, list_datasets
+from ..data._io import FileLayout, Item, check_labels, group_items, stack_slices
+from ..data.acdc import ACDC, ACDC_H5_LAYOUT, ACDC_NIFTI_LAYOUT
+from ..data.errors import DataError
+from ..data.msd import msd_info, msd_layout
+from ..data.paired import READERS, paired_items, paired_layout, read_paired_item
+from ..data.registry import dataset_importer, dataset_info, dataset_path, iter_cases, list_datasets
+from ..data.summary import DatasetTally
 
 
 @dataclass(frozen=True)
@@ -79,49 +77,9 @@ class CheckReport:
         return "\n".join(lines)
 
 
-class _Tally:
-    """Counts what was read: cases, patients, slices, shapes, pixels per class."""
-
-    def __init__(self, class_names: tuple[str, ...] = ()) -> None:
-        self.class_names = class_names
-        self.cases, self.slices, self.empty = 0, 0, 0
-        self.patients: set[str] = set()
-        self.channels: set[int] = set()
-        self.shapes: Counter[str] = Counter()
-        self.voxels = np.zeros(len(class_names), dtype=np.int64)
-        self.spacings: list[tuple[float, float, float]] = []
-
-    def add(self, patient_id: str, image: np.ndarray, mask: np.ndarray, spacing: tuple[float, float, float]) -> None:
-        s, c, h, w = image.shape
-        self.cases += 1
-        self.patients.add(patient_id)
-        self.slices += s
-        self.channels.add(c)
-        self.shapes[f"{h}x{w}"] += s
-        self.spacings.append(spacing)
-        counts = np.bincount(mask.ravel(), minlength=len(self.voxels))
-        self.voxels = np.pad(self.voxels, (0, len(counts) - len(self.voxels))) + counts
-        self.empty += int((mask.reshape(s, -1).max(axis=1) == 0).sum()) if mask.size else 0
-
-    def summary(self) -> dict:
-        names = [*self.class_names, *(f"label {i}" for i in range(len(self.class_names), len(self.voxels)))]
-        spacing = np.array(self.spacings) if self.spacings else np.zeros((0, 3))
-        return {
-            "cases": self.cases,
-            "patients": len(self.patients),
-            "slices": self.slices,
-            "channels": sorted(self.channels),
-            "slice_shapes": dict(self.shapes.most_common()),
-            "class_voxels": {name: int(n) for name, n in zip(names, self.voxels)},
-            "empty_slices": self.empty,
-            "spacing_min": spacing.min(axis=0).tolist() if len(spacing) else None,
-            "spacing_max": spacing.max(axis=0).tolist() if len(spacing) else None,
-        }
-
-
 def _scan(folder: Path, layout: FileLayout, class_names: tuple[str, ...] | None, report: CheckReport) -> None:
     """Read every item of ``layout`` under ``folder``, recording each DataError instead of stopping."""
-    tally = _Tally(class_names or ())
+    tally = DatasetTally(class_names or ())
     try:
         groups = group_items(layout.list_items(folder))
     except DataError as err:
@@ -222,7 +180,7 @@ def _check_registered(name: str, root: str | Path | None) -> CheckReport:
         _scan(folder, importer, info.class_names, report)
     else:
         # an importer that is not a FileLayout can only be read case by case; its first error ends the walk
-        tally = _Tally(info.class_names)
+        tally = DatasetTally(info.class_names)
         try:
             for case in iter_cases(name, root):
                 if case.mask is None:
@@ -250,20 +208,3 @@ def check_dataset(path_or_name: str | Path, root: str | Path | None = None) -> C
     if isinstance(path_or_name, str) and path_or_name in list_datasets():
         return _check_registered(path_or_name, root)
     return _check_folder(Path(path_or_name))
-
-
-def summarize_dataset(name: str, root: str | Path | None = None) -> dict:
-    """Counts of a registered dataset through its importer: cases, patients, slices, shapes, pixels per class."""
-    info = dataset_info(name)
-    tally = _Tally(info.class_names)
-    for case in iter_cases(name, root):
-        mask = case.mask if case.mask is not None else np.zeros((0,), dtype=np.uint8)
-        tally.add(case.patient_id, case.image, mask, case.spacing)
-    return {
-        "name": name,
-        "modality": info.modality,
-        "classes": list(info.class_names),
-        "channel_names": list(info.channel_names),
-        "expected_patients": info.patient_count,
-        **tally.summary(),
-    }

@@ -49,10 +49,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DistributedSampler
 
-from .torch_data import _STRENGTHS
-from .types import SliceTable
+from ..data.torch_data import AUGMENT_STRENGTHS
+from ..data.types import SliceTable
 
-__all__ = ["DeviceAugment", "DeviceBatchIterator", "affine_theta"]
+__all__ = ["DeviceAugment", "DeviceBatchIterator"]
 
 # columns of the random-number table drawn per batch (fixed, so enabling one option never shifts another)
 _HFLIP, _VFLIP, _AFFINE, _ROT, _SX, _SY, _TX, _TY, _INT, _CONTRAST, _BRIGHT, _GAMMA_P, _GAMMA = range(13)
@@ -130,9 +130,9 @@ class DeviceAugment:
         p_gamma: float = 0.5,
         fill: float = 0.0,
     ) -> None:
-        if strength not in _STRENGTHS:
-            raise ValueError(f"unknown augmentation strength {strength!r}; use one of {sorted(_STRENGTHS)}")
-        s = _STRENGTHS[strength]
+        if strength not in AUGMENT_STRENGTHS:
+            raise ValueError(f"unknown augmentation strength {strength!r}; use one of {sorted(AUGMENT_STRENGTHS)}")
+        s = AUGMENT_STRENGTHS[strength]
         self.size = (int(size[0]), int(size[1]))
         self.strength = strength
         self.p_hflip = float(p_hflip)
@@ -328,3 +328,14 @@ class DeviceBatchIterator:
                 images, masks = self.augment(images, masks, generator)
             yield {"image": images, "mask": masks.long(), "patient_id": self.patient_ids[pos].tolist(),
                    "slice_index": torch.from_numpy(self.slice_index[pos])}
+
+
+def device_loader(cfg: Any, table: SliceTable, rows: np.ndarray, dist_info: Any,
+                  device: torch.device) -> DeviceBatchIterator:
+    """The loader of ``data.augment_on: device`` (called by ``loaders.build_data`` by name)."""
+    dc, tc = cfg.data, cfg.train
+    n_share = math.ceil(len(rows) / dist_info.world_size)  # what a DistributedSampler gives a rank
+    return DeviceBatchIterator(
+        table, rows, tc.batch_size, device, shuffle=True, drop_last=n_share > tc.batch_size, seed=tc.seed,
+        augment=None if dc.augment == "none" else DeviceAugment(dc.size, dc.augment),
+        num_replicas=dist_info.world_size, rank=dist_info.rank)

@@ -32,3 +32,7 @@ def data_root(path: str | os.PathLike | None = None) -> Path:
     if chosen:
         return Path(chosen).expanduser()
     return cache_dir() / "datasets"
+
+
+# The checkout this package runs from (a source tree or an editable install): configs/, book/, .git
+REPO = Path(__file__).resolve().parents[1]

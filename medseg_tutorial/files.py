@@ -1,0 +1,79 @@
+"""Writing files so that a crash never leaves half of one: the one atomic writer of the package.
+
+Every file the package writes that something later reads back (checkpoints, prepared-data caches,
+``run.json``, ``metrics.csv``, results tables, benchmark reports) goes through :func:`atomic_write`:
+a hidden temporary file in the same folder, flushed and ``fsync``-ed, then renamed over the target
+with ``os.replace`` (atomic on one filesystem). A reader sees the old file or the new one, never a
+mix; a killed writer leaves at most a ``.NAME.*.tmp`` file, which :func:`remove_stale_temporaries`
+cleans up.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["atomic_write", "write_csv", "write_json", "write_text"]
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", mkdir: bool = True) -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path`` (``mode`` ``"wb"`` or ``"w"``); on success fsync and rename it.
+
+    On an exception the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    if mkdir:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    # same folder: os.replace is then a rename on one filesystem; a unique name, so concurrent writers never collide
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, mode.replace("w", "x"), **({} if "b" in mode else {"newline": "", "encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # readable like a normally created file (caches may be shared)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Replace ``path`` with ``text`` atomically."""
+    with atomic_write(path, "w") as f:
+        f.write(text)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Replace ``path`` with ``obj`` as indented JSON, atomically."""
+    return write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> Path:
+    """Replace ``path`` with ``rows`` as CSV, atomically; columns default to every key, in first-seen order."""
+    columns = list(columns) if columns is not None else list(dict.fromkeys(k for row in rows for k in row))
+    with atomic_write(path, "w") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Delete the ``.NAME.*.tmp`` files a killed writer left in ``folder`` (all of them when ``name`` is None).
+
+    Call it only where no other process is writing the same files (e.g. under a run folder's lock).
+    """
+    pattern = f".{name}.*.tmp" if name else ".*.tmp"
+    removed = []
+    for tmp in Path(folder).glob(pattern):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed

@@ -1,0 +1,31 @@
+"""Looking a name up in a registry, with one error message for every registry of the package.
+
+Encoders, architectures, strategies, losses, optimizers, schedulers and datasets are all chosen by
+name in a config; each builder calls :func:`lookup`, and the config turns its ``KeyError`` into an
+error that names the config key. So a name is validated once, by the code that will use it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
+
+__all__ = ["lookup"]
+
+T = TypeVar("T")
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest choice, or ``""``."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def lookup(table: Mapping[str, T], name: str, what: str) -> T:
+    """``table[name]``, or a ``KeyError`` that says what is known and what was probably meant."""
+    try:
+        return table[name]
+    except (KeyError, TypeError):
+        known = sorted(table)
+        raise KeyError(f"unknown {what} {name!r}{did_you_mean(name, known)} (known: {', '.join(known)})") from None
