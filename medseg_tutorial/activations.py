@@ -5,6 +5,8 @@ probabilities depends on the task:
 
 * ``binary`` (one channel) and ``multilabel`` (K independent channels): a **sigmoid per channel**,
   ``p = 1 / (1 + exp(-x))``; a pixel may be "on" in several channels at once.
+* ``region`` (K - 1 channels, no background channel): a sigmoid per foreground class, as in
+  BraTS-style region training; a pixel is background when no channel is on.
 * ``multiclass`` (K mutually exclusive classes): a **softmax over channels**,
   ``p_k = exp(x_k) / sum_j exp(x_j)``, so the K probabilities of a pixel sum to 1 and exactly one
   class wins. Its argmax equals the argmax of the logits (softmax is monotone), so decoding needs
@@ -15,6 +17,7 @@ Shapes follow ``medseg_tutorial.losses``: logits ``(N, C, *spatial)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
@@ -26,7 +29,7 @@ from torch import Tensor
 
 __all__ = ["HIDDEN_ACTIVATIONS", "activation_curves", "decode", "probabilities"]
 
-MODES: tuple[str, ...] = ("binary", "multiclass", "multilabel")
+MODES: tuple[str, ...] = ("binary", "multiclass", "multilabel", "region")
 
 
 def _check(logits: Tensor, mode: str) -> None:
@@ -42,6 +45,7 @@ _PROBABILITIES: dict[str, Callable[[Tensor], Tensor]] = {
     "binary": torch.sigmoid,
     "multiclass": partial(torch.softmax, dim=1),
     "multilabel": torch.sigmoid,
+    "region": torch.sigmoid,
 }
 
 
@@ -55,9 +59,15 @@ def probabilities(logits: Tensor, mode: str) -> Tensor:
     return _PROBABILITIES[mode](logits)
 
 
+def _logit(threshold: float) -> float:
+    """``sigmoid(x) > t`` is ``x > logit(t)``: comparing logits never meets float32 saturation."""
+    return float(torch.logit(torch.tensor(threshold, dtype=torch.float64))) if 0 < threshold < 1 else \
+        (-math.inf if threshold == 0 else math.inf)
+
+
 def _decode_binary(logits: Tensor, threshold: float) -> Tensor:
     # (N, 1, ...) -> (N, ...): foreground where sigmoid(x) > threshold
-    return (torch.sigmoid(logits[:, 0]) > threshold).long()
+    return (logits[:, 0] > _logit(threshold)).long()
 
 
 def _decode_multiclass(logits: Tensor, threshold: float) -> Tensor:
@@ -67,13 +77,20 @@ def _decode_multiclass(logits: Tensor, threshold: float) -> Tensor:
 
 def _decode_multilabel(logits: Tensor, threshold: float) -> Tensor:
     # (N, K, ...) stays (N, K, ...): each channel thresholded on its own
-    return (torch.sigmoid(logits) > threshold).long()
+    return (logits > _logit(threshold)).long()
+
+
+def _decode_region(logits: Tensor, threshold: float) -> Tensor:
+    # (N, K-1, ...) -> (N, ...): the strongest foreground channel that is on, else background 0
+    on = logits > _logit(threshold)
+    return torch.where(on.any(dim=1), logits.argmax(dim=1) + 1, 0)
 
 
 _DECODERS: dict[str, Callable[[Tensor, float], Tensor]] = {
     "binary": _decode_binary,
     "multiclass": _decode_multiclass,
     "multilabel": _decode_multilabel,
+    "region": _decode_region,
 }
 
 
@@ -82,7 +99,12 @@ def decode(logits: Tensor, mode: str, threshold: float = 0.5) -> Tensor:
 
     * binary: ``(N, 1, *S) -> (N, *S)``, 1 where ``sigmoid(x) > threshold``;
     * multiclass: ``(N, K, *S) -> (N, *S)``, ``argmax`` over classes (``threshold`` is unused);
-    * multilabel: ``(N, K, *S) -> (N, K, *S)``, each channel ``sigmoid(x) > threshold``.
+    * multilabel: ``(N, K, *S) -> (N, K, *S)``, each channel ``sigmoid(x) > threshold``;
+    * region: ``(N, K-1, *S) -> (N, *S)``, background where no channel is on, else the strongest one.
+
+    Thresholds are compared on the logits (``x > logit(threshold)``), never on sigmoid outputs:
+    in float32 ``sigmoid(x)`` is exactly 1.0 for every ``x`` above about 17, so probabilities tie
+    where the logits do not.
 
     Used in chapters 1 and 5.
     """
@@ -95,10 +117,11 @@ def decode(logits: Tensor, mode: str, threshold: float = 0.5) -> Tensor:
 def label_map(logits: Tensor, mode: str) -> Tensor:
     """One label per pixel ``(N, *S)`` in every mode, as the metrics take them.
 
-    multilabel: the class whose sigmoid is highest (channel 0 is the background).
+    multilabel (channel 0 is the background): the class with the highest logit, so that two
+    saturated sigmoids (both exactly 1.0 in float32) cannot tie and fall to the first channel.
     """
     if mode == "multilabel":
-        return torch.sigmoid(logits.float()).argmax(1)
+        return logits.float().argmax(1)
     return decode(logits.float(), mode)
 
 

@@ -121,7 +121,10 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="per-patient CSV (default: <run dir>/eval_<split>.csv)")
     p.add_argument("--overlays", type=int, default=0, metavar="N",
                    help="also save N image | truth | prediction rows as <run dir>/overlays_<split>.png")
-    p.add_argument("--slice-spacing", type=float, help="mm between slices: also compute HD95")
+    p.add_argument("--grid", choices=("native", "prepared"), default="native",
+                   help="native (default): every slice of each volume, scored in its own voxels, 3-D Dice and HD95 "
+                        "in mm; prepared: the training slices (quick, not for reporting)")
+    p.add_argument("--slice-spacing", type=float, help="with --grid prepared: mm between slices, to compute HD95")
     p.add_argument("--device", default="auto")
 
 
@@ -132,10 +135,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint or args.run_dir / "best.pt"
     if not checkpoint.is_file():
         raise FileNotFoundError(f"no checkpoint at {checkpoint}")
-    scores = evaluate(checkpoint, None, args.split, device=args.device, slice_spacing=args.slice_spacing)
+    scores = evaluate(checkpoint, None, args.split, device=args.device, slice_spacing=args.slice_spacing,
+                      grid=args.grid)
     summary = scores.attrs["summary"]
     print(f"{checkpoint}: {args.split} split, {scores['patient_id'].nunique()} patients, "
-          f"mean foreground Dice {scores.attrs['mean_dice']:.4f} (mean +- std over patients)")
+          f"mean foreground Dice {scores.attrs['mean_dice']:.4f} (mean +- std over patients; "
+          f"slices: {scores.attrs['eval_slices']}, grid: {scores.attrs['eval_grid']})")
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     out = args.out or checkpoint.parent / f"eval_{args.split}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -205,6 +210,10 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
                    help="run every N-th grid point starting at K (0-based), e.g. two processes with 0/2 and 1/2")
     p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                    help="only grid points with this value, e.g. train.seed=0 (repeatable)")
+    p.add_argument("--rerun-stale", action="store_true",
+                   help="rows and finished runs from another commit are deleted and run again at this commit")
+    p.add_argument("--allow-mixed-commits", action="store_true",
+                   help="keep rows from other commits in the table (the commit column says which)")
 
 
 def _where(text: str) -> tuple[str, Any]:
@@ -237,7 +246,8 @@ def _experiment(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     report = run_experiment(args.name, args.preset, smoke=args.smoke, results=args.results, run_root=args.run_root,
                             dry_run=args.dry_run, progress=args.progress, shard=args.shard,
-                            where=dict(_where(text) for text in args.where))
+                            where=dict(_where(text) for text in args.where), rerun_stale=args.rerun_stale,
+                            allow_mixed_commits=args.allow_mixed_commits)
     print(report.summary())
     for run_id, error in report.failed.items():
         print(f"  failed {run_id}: {error}", file=sys.stderr)

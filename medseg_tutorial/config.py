@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["Config", "ConfigError", "load_config"]
 
 AmpMode = Literal["auto", "bf16", "fp16", "off"]
-LossMode = Literal["binary", "multiclass", "multilabel"]
+LossMode = Literal["binary", "multiclass", "multilabel", "region"]
 Augment = Literal["none", "light", "medium"]
 AugmentOn = Literal["cpu", "device"]
 SplitMode = Literal["patient", "slice"]
@@ -54,7 +54,7 @@ class DataConfig:
     root: str | None = None  # raw-data root; None means $MEDSEG_DATA_ROOT
     size: tuple[int, int] = (64, 64)  # (H, W) every slice is resized to
     crop: tuple[int, int] | None = None  # centre-crop (H, W) of the native slices before resizing
-    keep_empty: float = 1.0  # fraction of slices without foreground that are kept
+    keep_empty: float = 1.0  # fraction of the TRAINING slices without foreground that are kept (val/test: all)
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train / val / test, by patient
     seed: int = 0  # seed of the patient split and of slice subsampling
     label_fraction: float = 1.0  # fraction of training patients whose labels are used
@@ -74,7 +74,9 @@ class DataConfig:
         """The prepared (cached) slices this section describes: ``prepare_dataset`` with its settings."""
         from .data.prepare import prepare_dataset
 
-        return prepare_dataset(self.dataset, root=self.root, size=self.size, keep_empty=self.keep_empty,
+        # every slice is prepared: keep_empty thins out the training rows only (loaders.build_data),
+        # so validation sees the empty slices and their false positives too
+        return prepare_dataset(self.dataset, root=self.root, size=self.size, keep_empty=1.0,
                                cache_dir=self.cache_dir, seed=self.seed, progress=progress, crop=self.crop,
                                **self.options)
 
@@ -259,12 +261,13 @@ class Config:
         if cfg.loss.mode is None:
             cfg.loss.mode = "binary" if info.num_classes == 2 else "multiclass"
         if cfg.loss.name is None:
-            cfg.loss.name = "dice_bce" if cfg.loss.mode in ("binary", "multilabel") else "dice_ce"
+            cfg.loss.name = "dice_bce" if cfg.loss.mode in ("binary", "multilabel", "region") else "dice_ce"
         if cfg.model.in_channels is None:
             cfg.model.in_channels = info.in_channels
         if cfg.model.classes is None:
             # one logit channel for a two-class task: what binary losses and decode("binary") expect
-            cfg.model.classes = 1 if cfg.loss.mode == "binary" else info.num_classes
+            # region: one sigmoid per foreground class, no background channel
+            cfg.model.classes = {"binary": 1, "region": info.num_classes - 1}.get(cfg.loss.mode, info.num_classes)
         if cfg.loss.weights is not None and len(cfg.loss.weights) != info.num_classes:
             raise ConfigError(
                 f"loss.weights: {len(cfg.loss.weights)} weights given but dataset "

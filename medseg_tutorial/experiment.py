@@ -47,6 +47,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -62,7 +63,7 @@ from . import __version__
 from .config import Config, ConfigError, deep_merge, get_dotted, load_config, set_dotted
 from .files import write_csv
 from .paths import cache_dir
-from .provenance import hardware_label
+from .provenance import git_commit, hardware_label
 
 __all__ = ["Experiment", "list_experiments", "load_experiment", "run_experiment"]
 
@@ -286,7 +287,10 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
 
 
 def _append_row(path: Path, row: dict[str, Any]) -> None:
-    rows = [*read_rows(path), {k: _csv_value(v) for k, v in row.items()}]
+    rows = read_rows(path)
+    if any(r.get("run_id") == row.get("run_id") for r in rows):
+        return  # the same sweep started twice: the first process to finish the run wrote its row
+    rows = [*rows, {k: _csv_value(v) for k, v in row.items()}]
     keys = list(dict.fromkeys(k for r in rows for k in r))
     head = [c for c in COLUMNS if c in keys]
     per_class = [k for k in keys if k.startswith("test_dice_")]  # in class order
@@ -387,43 +391,68 @@ def _run_config(exp: Experiment, spec: RunSpec, smoke: bool, root: Path, progres
     return load_config(raw)
 
 
-def evaluate_test(run_dir: Path, cfg: Config) -> tuple[float, dict[str, float], int]:
-    """Per-patient mean foreground Dice of ``best.pt`` on the run's patient-level test split.
+def evaluate_test(run_dir: Path, cfg: Config) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Score ``best.pt`` on the run's test volumes: all slices, native grid, 3-D Dice and HD95 in mm.
 
-    Returns ``(mean, {class_name: mean}, number of test patients)``; NaN when there is no test split.
+    Returns the results-row columns (mean foreground Dice per patient, per class, HD95, how it was
+    scored) and one row per test patient and class for the ``NAME_patients.csv`` table that the
+    paired statistics read. NaN and no patient rows when the split has no test patients.
     """
     from .data.splits import load_split
     from .evaluate import evaluate
 
     test = load_split(run_dir / "split.json").test
+    scored = {"eval_slices": "all", "eval_grid": "native"}
     if not test:
-        return math.nan, {}, 0
-    scores = evaluate(run_dir / "best.pt", cfg, "test", device=cfg.train.device)
-    summary = scores.attrs["summary"]
-    per_class = {str(r["class_name"]): float(r["dice_mean"]) for _, r in summary.iterrows() if r["class"] != "mean"}
-    return float(scores.attrs["mean_dice"]), per_class, len(test)
+        return {"n_test_patients": 0, "test_dice": math.nan, **scored}, []
+    scores = evaluate(run_dir / "best.pt", cfg, "test", device=cfg.train.device, hd95=True)
+    summary, per_patient = scores.attrs["summary"], scores.attrs["per_patient"]
+    classes = summary[summary["class"] != "mean"]
+    columns = {"n_test_patients": len(test), "test_dice": float(scores.attrs["mean_dice"]),
+               **{f"test_dice_{r['class_name']}": float(r["dice_mean"]) for _, r in classes.iterrows()},
+               "test_hd95": float(summary.iloc[-1]["hd95_mean"]),
+               "eval_slices": scores.attrs["eval_slices"], "eval_grid": scores.attrs["eval_grid"]}
+    patients = [{"patient_id": r["patient_id"], "class_name": r["class_name"], "dice": r["dice"], "hd95": r["hd95"]}
+                for _, r in per_patient.iterrows()]
+    return columns, patients
 
 
-def _row(exp: Experiment, spec: RunSpec, cfg: Config, run_dir: Path) -> dict[str, Any]:
-    """The results-table row of a finished run."""
+def _row(exp: Experiment, spec: RunSpec, cfg: Config, run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The results-table row of a finished run, and its per-patient test scores."""
     info = json.loads((run_dir / "run.json").read_text())
-    test_dice, per_class, n_test = evaluate_test(run_dir, cfg)
-    return {
+    test, patients = evaluate_test(run_dir, cfg)
+    row = {
         "experiment": exp.name, "run_id": spec.run_id, "preset": exp.preset or "",
         "dataset": cfg.data.dataset, "strategy": cfg.strategy.name, "encoder": cfg.model.encoder,
         "weights": _weights_label(spec.raw),
         "label_fraction": cfg.data.label_fraction, "n_train_patients": info.get("train_patients"),
         "seed": cfg.train.seed, "loss": cfg.loss.name, "loss_mode": cfg.loss.mode, "optimizer": cfg.optim.name,
-        "lr": info.get("lr", cfg.optim.lr), "split": getattr(cfg.data, "split_mode", "patient"), "n_test_patients": n_test,
-        "test_dice": test_dice, **{f"test_dice_{k}": v for k, v in per_class.items()},
+        "lr": info.get("lr", cfg.optim.lr), "split": cfg.data.split_mode, **test,
         "val_dice_best": info.get("best_score"), "best_epoch": info.get("best_epoch"),
         "epochs": info.get("epochs_run"), "wall_time_s": info.get("wall_time_s"), "hardware": hardware_label(info.get("hardware", {})),
         "commit": info.get("git_commit", "unknown"), "package_version": info.get("package_version", __version__),
         "config": json.dumps(spec.overrides, sort_keys=True, separators=(",", ":"), default=str),
     }
+    return row, [{"run_id": spec.run_id, **p} for p in patients]
 
 
 CURVE_COLUMNS = ("epoch", "step", "train_loss", "lr", "val_dice")
+PATIENT_COLUMNS = ("run_id", "patient_id", "class_name", "dice", "hd95")
+
+
+def patients_path(results: Path) -> Path:
+    """Where the per-patient test scores of a results table go: ``NAME.csv`` -> ``NAME_patients.csv``."""
+    return results.with_name(f"{results.stem}_patients.csv")
+
+
+def append_patient_rows(results: Path, rows: list[dict[str, Any]]) -> None:
+    """Add a run's per-patient test scores to ``NAME_patients.csv`` (locked, atomic, once per run)."""
+    if not rows:
+        return
+    out = patients_path(results)
+    with _locked(out):
+        old = [r for r in read_rows(out) if r.get("run_id") != rows[0]["run_id"]]
+        write_csv(out, [*old, *({k: _csv_value(v) for k, v in r.items()} for r in rows)], PATIENT_COLUMNS)
 
 
 def curves_path(results: Path) -> Path:
@@ -468,8 +497,14 @@ def run_experiment(
     shard: tuple[int, int] = (0, 1),
     where: dict[str, Any] | None = None,
     say: Callable[[str], None] = print,
+    rerun_stale: bool = False,
+    allow_mixed_commits: bool = False,
 ) -> ExperimentReport:
     """Run every grid point of an experiment that is not yet in its results table.
+
+    A table comes from one commit: rows (and finished run folders) made at another commit than the
+    code running now are refused, unless ``rerun_stale`` (their rows are deleted and the runs are
+    trained again here) or ``allow_mixed_commits`` (kept as they are; the ``commit`` column says so).
 
     Args:
         name: an experiment name, a YAML path, or a loaded :class:`Experiment`.
@@ -509,6 +544,8 @@ def run_experiment(
     for source in sorted({get_dotted(spec.raw, "model.source") for spec in planned} - {None}):
         load_config(source_raw(exp, source, smoke))
     report = ExperimentReport(exp.name, results, planned, run_root=root, dry_run=dry_run)
+    if not allow_mixed_commits:
+        _one_commit(results, root, planned, rerun_stale and not dry_run, say)
     finished = {r.get("run_id") for r in read_rows(results)}
     for i, spec in enumerate(planned, 1):
         label = f"[{i}/{len(planned)}] {spec.run_id} {json.dumps(spec.overrides, default=str)}"
@@ -526,7 +563,9 @@ def run_experiment(
         try:
             cfg = _run_config(exp, spec, smoke, root, progress, say)
             _train_once(cfg, run_dir, progress)
-            append_row(results, _row(exp, spec, cfg, run_dir))
+            row, patients = _row(exp, spec, cfg, run_dir)
+            append_patient_rows(results, patients)
+            append_row(results, row)
         except Exception as exc:
             if not keep_going:
                 raise
@@ -538,3 +577,28 @@ def run_experiment(
     if not dry_run and results.is_file():
         write_curves(results, root)
     return report
+
+
+def _one_commit(results: Path, root: Path, planned: list[RunSpec], rerun: bool, say: Callable[[str], None]) -> None:
+    """Refuse (or with ``rerun`` remove) table rows and finished run folders from another commit."""
+    now = git_commit()
+    stale_rows = [r for r in read_rows(results) if r.get("commit") != now]
+    stale_runs = [spec.run_id for spec in planned if _status(root / spec.run_id) == "completed"
+                  and json.loads((root / spec.run_id / "run.json").read_text()).get("git_commit") != now]
+    if not stale_rows and not stale_runs:
+        return
+    commits = sorted({r.get("commit", "") for r in stale_rows})
+    if not rerun:
+        raise ConfigError(f"{results}: {len(stale_rows)} rows and {len(stale_runs)} finished runs come from other "
+                          f"commits than {now} ({', '.join(c[:12] for c in commits) or 'run folders only'}); a table "
+                          "comes from one commit: pass --rerun-stale to redo them here, or --allow-mixed-commits")
+    ids = {r.get("run_id") for r in stale_rows} | set(stale_runs)
+    for table in (results, patients_path(results)):
+        with _locked(table):
+            rows = read_rows(table)
+            if rows:
+                write_csv(table, [r for r in rows if r.get("run_id") not in ids], list(rows[0]))
+    for run_id in ids:
+        if (root / run_id).is_dir():
+            shutil.rmtree(root / run_id)
+    say(f"{results}: {len(ids)} runs from other commits removed; they run again at {now}")

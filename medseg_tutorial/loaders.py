@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .config import Config
+from .data.preprocess import select_slices
 from .data.splits import Split, label_fraction, load_split, patient_split
 from .data.torch_data import SegmentationDataset, eval_transform, seed_worker, train_transform
 from .data.types import SliceTable
@@ -81,6 +82,8 @@ def build_data(cfg: Config, dist_info: DistInfo | None = None, show: bool = Fals
     train_rows, val_rows = table.rows_for(train_patients), table.rows_for(split.val)
     if dc.split_mode == "slice":
         train_rows, val_rows = leaky_slice_split(np.concatenate([train_rows, val_rows]), len(val_rows), dc.seed)
+    if dc.keep_empty < 1:  # training rows only: validation and test score every slice
+        train_rows = train_rows[select_slices(table.masks[train_rows], dc.keep_empty, dc.seed)[0]]
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise ValueError(f"empty split: {len(train_rows)} training and {len(val_rows)} validation slices")
     module, _, name = AUGMENT_ON[dc.augment_on].partition(":")

@@ -542,18 +542,24 @@ class LabelMapLoss(nn.Module):
     Our masks are label maps in every mode; a multi-label loss wants ``(N, C, H, W)`` 0/1 targets.
     """
 
-    def __init__(self, loss: nn.Module, classes: int) -> None:
+    def __init__(self, loss: nn.Module, classes: int, drop_background: bool = False) -> None:
         super().__init__()
-        self.loss, self.classes = loss, classes
+        self.loss, self.classes, self.drop_background = loss, classes, drop_background
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         if target.ndim == logits.ndim - 1:  # a label map: one-hot it
             target = F.one_hot(target.long(), self.classes).movedim(-1, 1).float()
+            if self.drop_background:  # region mode: one channel per foreground class only
+                target = target[:, 1:]
         return self.loss(logits, target)
 
 
 def loss_class(name: str, mode: str, class_weights: Sequence[float] | None = None) -> type[nn.Module]:
-    """The loss class registered as ``name``, checked against ``mode`` (and against class weights, if given)."""
+    """The loss class registered as ``name``, checked against ``mode`` (and against class weights, if given).
+
+    ``region`` (per-class sigmoids without a background channel) uses the multi-label losses.
+    """
+    mode = "multilabel" if mode == "region" else mode
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     cls = lookup(LOSSES, name, "loss")
@@ -577,5 +583,10 @@ def build_loss(name: str, mode: str, classes: int | None = None, **kwargs) -> nn
 
     Used in chapters 4, 5, 6 and 8.
     """
+    region = mode == "region"
+    mode = "multilabel" if region else mode
     loss = loss_class(name, mode, class_weights=kwargs.get("class_weights"))(mode, **kwargs)
-    return LabelMapLoss(loss, classes) if mode == "multilabel" and classes is not None else loss
+    if mode != "multilabel" or classes is None:
+        return loss
+    # region mode: the model has no background channel, the label map still counts it
+    return LabelMapLoss(loss, classes + 1 if region else classes, drop_background=region)

@@ -19,13 +19,21 @@ __all__ = ["git_commit", "hardware", "seed_everything"]
 
 
 def git_commit(path: str | os.PathLike = REPO, short: bool = False) -> str:
-    """The commit of the source tree at ``path`` (this package's checkout by default), or ``"unknown"``."""
-    cmd = ["git", "rev-parse", *(["--short"] if short else []), "HEAD"]
+    """The commit of the source tree at ``path`` (this package's checkout by default), or ``"unknown"``.
+
+    ``"-dirty"`` is appended when tracked files differ from that commit: such a number was not made
+    by the commit alone (run experiments from a clean ``git worktree``).
+    """
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=path, capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
     try:
-        out = subprocess.run(cmd, cwd=path, capture_output=True, text=True, timeout=10, check=True)
+        commit = git("rev-parse", *(["--short"] if short else []), "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return out.stdout.strip() or "unknown"
+    return (commit + "-dirty" if dirty else commit) if commit else "unknown"
 
 
 def cpu_name() -> str:

@@ -101,3 +101,47 @@ def test_hidden_activation_curves():
         fd = np.gradient(c.value, c.x)
         inner = np.abs(c.x) > 0.05  # ReLU's kink at 0
         np.testing.assert_allclose(c.gradient[inner][1:-1], fd[inner][1:-1], atol=2e-3, err_msg=name)
+
+
+def _perfect_logits(labels: torch.Tensor, mode: str, num_classes: int, margin: float) -> torch.Tensor:
+    """Logits of a perfect model for label map ``labels`` (N, H, W) in ``mode``, ``margin`` from the boundary."""
+    onehot = torch.nn.functional.one_hot(labels, num_classes).movedim(-1, 1).float()
+    signed = margin * (2 * onehot - 1)  # +margin for the true class, -margin elsewhere
+    return {"binary": signed[:, 1:2], "multiclass": signed, "multilabel": signed, "region": signed[:, 1:]}[mode]
+
+
+@pytest.mark.parametrize("mode", ["binary", "multiclass", "multilabel", "region"])
+@pytest.mark.parametrize("margin", [0.5, 50.0])  # 50: every sigmoid is exactly 0.0 or 1.0 in float32
+def test_a_model_with_perfect_logits_decodes_perfectly_in_every_mode(mode: str, margin: float) -> None:
+    from medseg_tutorial.activations import label_map
+
+    num_classes = 2 if mode == "binary" else 4
+    labels = torch.randint(0, num_classes, (3, 17, 19), generator=torch.Generator().manual_seed(0))
+    logits = _perfect_logits(labels, mode, num_classes, margin)
+    assert torch.equal(label_map(logits, mode), labels)
+    if mode != "multilabel":
+        assert torch.equal(decode(logits, mode), labels)
+
+
+def test_multilabel_label_map_compares_logits_not_saturated_sigmoids() -> None:
+    """Two channels above ~17 both have sigmoid exactly 1.0 in float32; an argmax of the sigmoids
+    then returns the first (the background), an argmax of the logits the class that is surer."""
+    from medseg_tutorial.activations import label_map
+
+    logits = torch.tensor([20.0, 40.0, -5.0]).view(1, 3, 1, 1)  # background and LV both "on"
+    assert torch.sigmoid(logits)[0, 0] == torch.sigmoid(logits)[0, 1] == 1.0  # the float32 tie
+    assert torch.sigmoid(logits).argmax(1).item() == 0  # what the old decoding returned
+    assert label_map(logits, "multilabel").item() == 1
+
+
+def test_region_mode_trains_without_a_background_channel() -> None:
+    from medseg_tutorial.builders import build_loss
+    from medseg_tutorial.config import load_config
+
+    cfg = load_config("phantom", ["loss.mode=region", "loss.name=dice_bce"])
+    assert cfg.model.classes == 2  # phantom: background, organ, lesion
+    labels = torch.randint(0, 3, (2, 8, 8), generator=torch.Generator().manual_seed(1))
+    loss = build_loss(cfg)
+    perfect = loss(_perfect_logits(labels, "region", 3, 20.0), labels)
+    wrong = loss(-_perfect_logits(labels, "region", 3, 20.0), labels)
+    assert perfect.item() < 0.01 < wrong.item()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -16,6 +17,7 @@ from medseg_tutorial.config import load_config
 from medseg_tutorial.data.phantom import make_phantom_case
 from medseg_tutorial.data.prepare import prepare_dataset
 from medseg_tutorial.data.preprocess import resize_slices
+from medseg_tutorial.data.registry import iter_cases
 from medseg_tutorial.data.splits import load_split
 from medseg_tutorial.evaluate import (
     Predictor,
@@ -25,6 +27,8 @@ from medseg_tutorial.evaluate import (
     restore_size,
     save_overlays,
 )
+from medseg_tutorial.loaders import build_data
+from medseg_tutorial.models import load_checkpoint, save_checkpoint
 from medseg_tutorial.train import train
 
 
@@ -44,7 +48,8 @@ def test_evaluate_uses_the_stored_config_and_split(run) -> None:
     scores = evaluate(run_dir / "best.pt", device="cpu")
     test_patients = load_split(run_dir / "split.json").test
     assert sorted(scores["patient_id"].unique()) == sorted(test_patients)
-    assert list(scores.columns[:4]) == ["patient_id", "class", "class_name", "dice"]
+    assert list(scores.columns[:5]) == ["patient_id", "volume", "class", "class_name", "dice"]
+    assert (scores.attrs["eval_slices"], scores.attrs["eval_grid"]) == ("all", "native")
     assert set(scores["class_name"]) == {"organ", "lesion"}  # foreground classes only
     assert len(scores) == 2 * len(test_patients)
     dice = scores["dice"].dropna()
@@ -55,9 +60,9 @@ def test_evaluate_uses_the_stored_config_and_split(run) -> None:
 
 
 def test_evaluate_on_val_reproduces_the_training_score(run) -> None:
-    """best.pt scored on the validation patients gives exactly the Dice the trainer logged."""
+    """best.pt scored on the prepared validation slices gives exactly the Dice the trainer logged."""
     run_dir, result = run
-    scores = evaluate(run_dir / "best.pt", split="val", device="cpu")
+    scores = evaluate(run_dir / "best.pt", split="val", device="cpu", grid="prepared")
     assert scores.attrs["mean_dice"] == pytest.approx(result.best_score, abs=1e-12)
 
 
@@ -65,13 +70,15 @@ def test_evaluate_on_a_table_with_hd95(run) -> None:
     run_dir, _ = run
     table = prepare_dataset("phantom", size=(32, 32), progress=False)
     patients = table.patients[:3]
-    scores = evaluate(run_dir / "best.pt", table, split=patients, device="cpu", slice_spacing=5.0)
+    scores = evaluate(run_dir / "best.pt", table, split=patients, device="cpu", slice_spacing=5.0, grid="prepared")
     assert sorted(scores["patient_id"].unique()) == sorted(patients)
     assert "hd95" in scores.columns and "hd95_mean" in scores.attrs["summary"].columns
-    all_scores = evaluate(run_dir / "best.pt", table, split="all", device="cpu")
+    all_scores = evaluate(run_dir / "best.pt", table, split="all", device="cpu", grid="prepared")
     assert all_scores["patient_id"].nunique() == 12
     with pytest.raises(ValueError, match="split must be"):
-        evaluate(run_dir / "best.pt", table, split="testing", device="cpu")
+        evaluate(run_dir / "best.pt", table, split="testing", device="cpu", grid="prepared")
+    with pytest.raises(ValueError, match="reads the raw volumes"):
+        evaluate(run_dir / "best.pt", table, device="cpu")
 
 
 def test_evaluate_refuses_a_table_with_other_classes(run) -> None:
@@ -80,7 +87,54 @@ def test_evaluate_refuses_a_table_with_other_classes(run) -> None:
     other = table.subset(np.arange(len(table)))
     other.info = dataclasses.replace(table.info, class_names=("bg", "fg"))
     with pytest.raises(ValueError, match="the checkpoint has classes"):
-        evaluate(run_dir / "best.pt", other, device="cpu")
+        evaluate(run_dir / "best.pt", other, device="cpu", grid="prepared")
+
+
+def _constant_checkpoint(run_dir: Path, out_dir: Path, label: int) -> Path:
+    """best.pt of ``run_dir`` with a head that predicts ``label`` everywhere (and its split.json)."""
+    model, meta = load_checkpoint(run_dir / "best.pt")
+    head = model.segmentation_head[0]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(-10.0)
+        head.bias[label] = 10.0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(run_dir / "split.json", out_dir / "split.json")
+    return save_checkpoint(out_dir / "best.pt", model, class_names=meta["class_names"],
+                           normalization=meta["normalization"], provenance=meta["provenance"], extra=meta["extra"])
+
+
+def test_native_evaluation_scores_every_slice_in_the_volumes_own_voxels(run, tmp_path: Path) -> None:
+    """A model that says "organ" everywhere has TP + FP = every voxel of every test volume, exactly.
+
+    This fails if empty slices are dropped (fewer voxels), or if scoring happens on the resized
+    training grid (the smoke preset trains at 32 x 32; the phantom's volumes are larger)."""
+    run_dir, _ = run
+    cfg = load_config(run_dir / "config.yaml")
+    checkpoint = _constant_checkpoint(run_dir, tmp_path / "organ", label=1)
+    scores = evaluate(checkpoint, device="cpu")
+    test = set(load_split(run_dir / "split.json").test)
+    native = {c.patient_id: c for c in iter_cases("phantom") if c.patient_id in test}
+    organ = scores[scores["class_name"] == "organ"].set_index("patient_id")
+    assert set(organ.index) == test
+    for patient, case in native.items():
+        assert organ.loc[patient, "tp"] + organ.loc[patient, "fp"] == case.mask.size
+        assert organ.loc[patient, "slices"] == len(case.image)
+        assert organ.loc[patient, "fn"] == 0 and organ.loc[patient, "tp"] == (case.mask == 1).sum()
+    assert case.image.shape[-1] != cfg.data.size[1]  # the test would not see a resized grid otherwise
+    lesion = scores[scores["class_name"] == "lesion"]
+    assert (lesion["tp"] == 0).all() and lesion["hd95"].isin([np.inf]).all()  # lesion never predicted
+
+
+def test_keep_empty_thins_the_training_slices_only() -> None:
+    cfg = load_config("phantom", ["preset=smoke", "data.keep_empty=0.0"])
+    data = build_data(cfg)
+    empty = ~data.table.masks.reshape(len(data.table), -1).any(axis=1)
+    assert empty.any(), "the phantom must have empty slices for this test"
+    assert not empty[data.train_rows].any()  # training: no empty slice kept
+    val_patients = set(data.split.val)
+    all_val = np.flatnonzero(np.isin(data.table.patient_ids, list(val_patients)))
+    assert np.array_equal(np.sort(data.val_rows), all_val) and empty[data.val_rows].any()
 
 
 def test_save_overlays_writes_a_png(tmp_path: Path) -> None:

@@ -74,7 +74,7 @@ def test_grids_have_the_promised_shape() -> None:
     assert losses[4]["loss.name"] == "tversky" and tversky["beta"] > tversky["alpha"]
     assert values("optimizers", "optim.name") == ["sgd", "adam", "adamw", "rmsprop"]
     assert load_experiment("optimizers", "cpu").config["optim"]["lr_find"]["num_iter"] == 50
-    assert {v["loss.mode"] for v in values("activation", "head")} == {"multiclass", "multilabel"}
+    assert {v["loss.mode"] for v in values("activation", "head")} == {"multiclass", "multilabel", "region"}
     for name in SIX:
         assert values(name, "train.seed") == [0, 1, 2]
 
@@ -284,3 +284,35 @@ def test_a_run_cut_short_is_resumed_not_restarted(tmp_path: Path) -> None:
     assert row["epochs"] == "2"
     info = json.loads((run_dir / "run.json").read_text())
     assert len(info["resumes"]) == 1 and info["status"] == "completed"
+
+
+def test_rows_record_how_they_were_scored_and_per_patient_scores(tmp_path: Path) -> None:
+    path = _write_experiment(tmp_path, grid={"train.seed": [0]})
+    report = run_experiment(path, "cpu", run_root=tmp_path / "runs", progress=False, say=_quiet)
+    (row,) = read_rows(tmp_path / "results.csv")
+    assert (row["eval_slices"], row["eval_grid"]) == ("all", "native")
+    assert math.isfinite(float(row["test_hd95"])) or row["test_hd95"] == "inf"
+    patients = read_rows(tmp_path / "results_patients.csv")
+    assert {p["run_id"] for p in patients} == set(report.done)
+    assert len(patients) == int(row["n_test_patients"]) * 2  # two foreground classes
+    mean = sum(float(p["dice"]) for p in patients if p["dice"]) / sum(1 for p in patients if p["dice"])
+    assert mean == pytest.approx(float(row["test_dice"]), abs=0.02)  # macro over classes vs pooled: close
+
+
+def test_a_table_is_never_mixed_from_two_commits(tmp_path: Path) -> None:
+    path = _write_experiment(tmp_path)
+    runs = tmp_path / "runs"
+    run_experiment(path, "cpu", run_root=runs, progress=False, say=_quiet, where={"train.seed": 0})
+    rows = read_rows(tmp_path / "results.csv")
+    rows[0]["commit"] = "0" * 40  # as if that row had been made by an older commit
+    append_row(tmp_path / "other.csv", rows[0])
+    (tmp_path / "other.csv").replace(tmp_path / "results.csv")
+    with pytest.raises(ConfigError, match="come from other commits"):
+        run_experiment(path, "cpu", run_root=runs, progress=False, say=_quiet)
+    assert len(read_rows(tmp_path / "results.csv")) == 1  # nothing was touched
+    mixed = run_experiment(path, "cpu", run_root=runs, progress=False, say=_quiet, allow_mixed_commits=True)
+    assert len(mixed.done) == 1 and {r["commit"][:1] for r in read_rows(tmp_path / "results.csv")} != {"0"}
+    redone = run_experiment(path, "cpu", run_root=runs, progress=False, say=_quiet, rerun_stale=True)
+    assert len(redone.done) == 1  # the stale seed-0 row, trained again
+    commits = {r["commit"] for r in read_rows(tmp_path / "results.csv")}
+    assert len(commits) == 1 and "0" * 40 not in commits

@@ -271,3 +271,14 @@ def test_multilabel_mode_trains_with_one_sigmoid_per_class(tmp_path) -> None:
     result = train(cfg, run_dir=tmp_path / "run", progress=False)
     assert 0.0 <= result.best_score <= 1.0
     assert set(result.history.columns) >= {"train_loss", "val_dice"}
+
+
+def test_region_mode_trains_and_validates(tmp_path: Path) -> None:
+    """Per-class sigmoids without a background channel, through the trainer and native evaluation."""
+    from medseg_tutorial.evaluate import evaluate
+
+    cfg = _cfg("loss.mode=region", "loss.name=dice_bce", "train.epochs=1")
+    result = train(cfg, tmp_path, progress=False)
+    assert result.history["val_dice"].notna().all()
+    scores = evaluate(tmp_path / "best.pt", device="cpu")
+    assert set(scores["class_name"]) == {"organ", "lesion"} and scores["dice"].between(0, 1).all()

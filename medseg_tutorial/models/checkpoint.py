@@ -119,8 +119,9 @@ def save_checkpoint(
     if config is None:
         raise ValueError("model has no medseg_config; build it with medseg_tutorial.models.build_model")
     class_names = list(class_names)
-    # A binary model (classes=1) still names both labels: background and foreground.
-    if len(class_names) != config.classes and not (config.classes == 1 and len(class_names) == 2):
+    # A binary model (classes=1) still names both labels, and a region model (one sigmoid per
+    # foreground class) names the background too: one name more than output channels.
+    if len(class_names) not in (config.classes, config.classes + 1):
         raise ValueError(f"{len(class_names)} class_names for a model with {config.classes} classes")
 
     from .._version import __version__
