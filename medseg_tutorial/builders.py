@@ -35,7 +35,7 @@ def build_network(cfg: Config, device: torch.device) -> tuple[nn.Module, Strateg
     if mc.source is not None and not (mc.weights and str(mc.weights).endswith((".pt", ".safetensors", ".pth"))):
         raise ConfigError(f"model.source: {mc.source!r} names an experiment's source run; `medseg experiment` "
                           "trains it and sets model.weights to its checkpoint")
-    model = build_model(mc.encoder, mc.weights, mc.in_channels, mc.classes, mc.arch, **mc.smp_kwargs)
+    model = build_model(mc.encoder, mc.weights, mc.in_channels, mc.classes, mc.arch, mc.transfer, **mc.smp_kwargs)
     plan = get_strategy(cfg.strategy.name, **cfg.strategy.params).apply(model)  # freezes on the CPU copy
     memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
     return model.to(device, memory_format=memory_format), plan

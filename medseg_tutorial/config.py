@@ -103,6 +103,8 @@ class ModelConfig:
     # experiments only: start from the best checkpoint of the experiment's ``sources.NAME`` run
     # (``medseg experiment`` trains it and sets ``weights`` to its file)
     source: str | None = None
+    # from a checkpoint: "encoder" loads the encoder only; "auto" also the decoder and head where they fit
+    transfer: Literal["auto", "encoder"] = "auto"
     in_channels: int | None = None  # None: the dataset's channel count
     classes: int | None = None  # output channels; None: 1 for a binary task, else the class count
     # "none" feeds the prepared slices as they are (z-scored MRI, windowed CT); "encoder" applies the
@@ -164,7 +166,7 @@ class OptimConfig:
     lr_find: LRFindConfig | None = None  # run the LR range test first and train at its suggestion
     weight_decay: float = 1e-4
     momentum: float = 0.9  # SGD momentum (ignored by Adam-type optimizers)
-    scheduler: str = "cosine"  # "constant", "cosine", "onecycle", "plateau" (optim.SCHEDULERS)
+    scheduler: str = "cosine"  # "constant", "cosine", "onecycle", "poly", "plateau" (optim.SCHEDULERS)
     warmup_steps: int = 0  # linear warm-up, in optimizer steps
     min_lr_ratio: float = 0.01  # the schedule's lowest LR, as a fraction of each group's LR
     params: dict[str, Any] = field(default_factory=dict)  # more build_optimizer arguments (nesterov, betas)

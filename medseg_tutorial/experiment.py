@@ -86,7 +86,7 @@ SMOKE_LR_FIND_ITERATIONS = 4  # smoke runs with optim.lr_find sweep this many ba
 
 # Columns of the results table, in this order; test_dice_<class> columns follow test_dice.
 COLUMNS = (
-    "experiment", "run_id", "preset", "dataset", "strategy", "encoder", "weights", "label_fraction",
+    "experiment", "run_id", "preset", "arm", "dataset", "strategy", "encoder", "weights", "label_fraction",
     "n_train_patients", "seed", "loss", "loss_mode", "optimizer", "lr", "split", "n_test_patients", "test_dice",
 )
 TAIL_COLUMNS = (
@@ -121,6 +121,7 @@ class RunSpec:
     run_id: str
     overrides: dict[str, Any]  # dotted key -> value, what distinguishes this run
     raw: dict[str, Any]  # the complete config mapping (before ``load_config``)
+    label: str = ""  # the ``label`` of its mapping values, e.g. "sgd-nnunet" (the table's ``arm`` column)
 
 
 def _search_folders() -> list[Path]:
@@ -205,7 +206,7 @@ def load_experiment(name: str | os.PathLike, preset: str | None = None) -> Exper
 def _point_overrides(axis: str, value: Any) -> dict[str, Any]:
     """The dotted overrides one axis value stands for."""
     if isinstance(value, dict):
-        return dict(value)
+        return {k: v for k, v in value.items() if k != "label"}  # ``label`` names the point, sets nothing
     if "." not in axis:
         raise ConfigError(f"grid.{axis}: an axis that is not a config key (section.key) needs mapping values")
     return {axis: value}
@@ -234,7 +235,8 @@ def expand_grid(exp: Experiment, smoke: bool = False) -> list[RunSpec]:
             set_dotted(raw, key, value)
         if smoke and get_dotted(raw, "optim.lr_find") is not None:
             set_dotted(raw, "optim.lr_find.num_iter", SMOKE_LR_FIND_ITERATIONS)
-        spec = RunSpec(run_id(raw), overrides, raw)
+        label = "+".join(str(v["label"]) for _, v in combo if isinstance(v, dict) and "label" in v)
+        spec = RunSpec(run_id(raw), overrides, raw, label)
         if spec.run_id not in seen:  # two combinations may coincide (e.g. a mapping value repeats a key)
             seen.add(spec.run_id)
             runs.append(spec)
@@ -308,8 +310,8 @@ def _csv_value(value: Any) -> Any:
 def _weights_label(raw: dict[str, Any]) -> str:
     """What the ``weights`` column says: scratch, imagenet, a source dataset, or a file name."""
     source, weights = get_dotted(raw, "model.source"), get_dotted(raw, "model.weights", "imagenet")
-    if source is not None:
-        return str(source)
+    if source is not None:  # "acdc", or "acdc+decoder" when the source's decoder was loaded too
+        return str(source) + ("+decoder" if get_dotted(raw, "model.transfer", "auto") == "auto" else "")
     if weights is None:
         return "scratch"
     return str(weights) if weights == "imagenet" else Path(weights).stem
@@ -422,7 +424,7 @@ def _row(exp: Experiment, spec: RunSpec, cfg: Config, run_dir: Path) -> tuple[di
     info = json.loads((run_dir / "run.json").read_text())
     test, patients = evaluate_test(run_dir, cfg)
     row = {
-        "experiment": exp.name, "run_id": spec.run_id, "preset": exp.preset or "",
+        "experiment": exp.name, "run_id": spec.run_id, "preset": exp.preset or "", "arm": spec.label,
         "dataset": cfg.data.dataset, "strategy": cfg.strategy.name, "encoder": cfg.model.encoder,
         "weights": _weights_label(spec.raw),
         "label_fraction": cfg.data.label_fraction, "n_train_patients": info.get("train_patients"),

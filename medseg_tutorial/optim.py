@@ -122,6 +122,16 @@ def _cosine(opt: Optimizer, total: int, warmup: int, min_ratio: float, **kw: Any
     return LambdaLR(opt, _warmup_cosine(total, warmup, min_ratio), **kw)
 
 
+def _poly(opt: Optimizer, total: int, warmup: int, min_ratio: float, exponent: float = 0.9, **kw: Any) -> LambdaLR:
+    # nnU-Net's schedule (Isensee et al. 2021): lr * (1 - step / total) ** 0.9, after an optional warm-up
+    def factor(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        return max(min_ratio, (1 - min(1.0, (s - warmup) / max(1, total - warmup))) ** exponent)
+
+    return LambdaLR(opt, factor, **kw)
+
+
 def _onecycle(opt: Optimizer, total: int, warmup: int, min_ratio: float, **kw: Any) -> OneCycleLR:
     max_lr = [g["lr"] for g in opt.param_groups]  # each group peaks at its own configured lr
     div_factor = kw.pop("div_factor", 25.0)
@@ -142,6 +152,7 @@ SCHEDULERS: dict[str, tuple[Callable[..., Any], str]] = {
     "constant": (_constant, "step"),
     "cosine": (_cosine, "step"),
     "onecycle": (_onecycle, "step"),
+    "poly": (_poly, "step"),
     "plateau": (_plateau, "epoch"),
 }
 
@@ -208,10 +219,18 @@ class LRFinderResult:
 
 
 def _steepest(lrs: np.ndarray, smoothed: np.ndarray) -> float:
-    """LR where the smoothed loss falls fastest per decade of LR; min/10 when the sweep is too short."""
+    """LR where the smoothed loss falls fastest per decade of LR.
+
+    Falls back to min/10 when the sweep is too short, or when the steepest point is one of the last
+    two LRs of the sweep: the loss was still falling fastest where the sweep ended (or diverged), so
+    "steepest" would only echo ``end_lr`` (an RMSprop run of chapter 6 got 1.0 that way).
+    """
     if len(lrs) < 5:
         return _min_div10(lrs, smoothed)
-    return float(lrs[int(np.argmin(np.gradient(smoothed, np.log10(lrs))))])
+    steepest = int(np.argmin(np.gradient(smoothed, np.log10(lrs))))
+    if steepest >= len(lrs) - 2:
+        return _min_div10(lrs, smoothed)
+    return float(lrs[steepest])
 
 
 def _min_div10(lrs: np.ndarray, smoothed: np.ndarray) -> float:

@@ -51,6 +51,7 @@ __all__ = [
     "plot_training_curves",
     "read_history",
     "run_provenance",
+    "select_on_validation",
 ]
 
 
@@ -189,6 +190,21 @@ def _fmt(mean: float, std: float, digits: int) -> str:
     if math.isnan(mean):
         return ""
     return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def select_on_validation(df: pd.DataFrame, arm: str, choice: str, score: str = "val_dice_best") -> pd.DataFrame:
+    """The runs of each ``arm`` at the ``choice`` (e.g. the learning rate) with the best mean ``score``.
+
+    The choice is made on validation, over the seeds of each (arm, choice) cell, and never looks at
+    the test columns, so the test scores of the selected runs are an honest estimate; the selected
+    value is in ``choice`` and ``attrs["selected"]`` maps each arm to it.
+    """
+    means = df.groupby([arm, choice], dropna=False)[score].mean().reset_index()
+    best = means.loc[means.groupby(arm, dropna=False)[score].idxmax()]
+    selected = dict(zip(best[arm], best[choice]))
+    out = df[[selected.get(a) == c for a, c in zip(df[arm], df[choice])]].copy()
+    out.attrs["selected"] = selected
+    return out
 
 
 def mean_std_table(

@@ -118,6 +118,22 @@ def test_checkpoint_with_4_classes_transfers_into_a_2_class_model(tmp_path):
     assert not torch.equal(head.weight, src["segmentation_head.0.weight"][:2])
 
 
+def test_encoder_only_transfer_leaves_the_decoder_fresh(tmp_path):
+    """transfer="encoder": a same-config checkpoint gives its encoder only (the source comparison)."""
+    source = _model()
+    path = _save(tmp_path / "same.pt", source)
+    kwargs = dict(weights=path, classes=3, decoder_channels=(32, 16, 16, 8, 8))
+    target = build_model("resnet18", transfer="encoder", **kwargs)
+    assert target.medseg_transfer == {"encoder": "loaded", "decoder": "re-initialised",
+                                      "segmentation_head": "re-initialised"}
+    src, dst = source.state_dict(), target.state_dict()
+    assert all(torch.equal(dst[k], src[k]) for k in src if k.startswith("encoder."))
+    assert not all(torch.equal(dst[k], src[k]) for k in src if k.startswith("decoder.") and src[k].is_floating_point()
+                   and src[k].numel() > 1)
+    with pytest.raises(ValueError, match="transfer must be"):
+        build_model("resnet18", transfer="decoder", **kwargs)
+
+
 def test_same_config_checkpoint_loads_everything(tmp_path):
     source = _model()
     path = _save(tmp_path / "same.pt", source)

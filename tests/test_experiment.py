@@ -66,14 +66,24 @@ def test_grids_have_the_promised_shape() -> None:
     assert values("data_efficiency", "data.label_fraction") == [0.05, 0.1, 0.25, 1.0]
     assert {"model.weights": None, "strategy.name": "scratch"} in values("data_efficiency", "strategy.name")
     assert values("source_transfer", "init") == [{"model.source": "covid_ct"}, {"model.source": "acdc"},
-                                                 {"model.source": "lgg"}, {"model.weights": "imagenet"},
-                                                 {"model.weights": None}]
+                                                 {"model.source": "lgg"},
+                                                 {"model.source": "acdc", "model.transfer": "auto"},
+                                                 {"model.weights": "imagenet"}, {"model.weights": None}]
+    assert load_experiment("source_transfer", "cpu").config["model"]["transfer"] == "encoder"
     losses = values("losses", "loss.name")
     assert losses[:4] == ["bce", "dice", "dice_bce", "focal"]
     tversky = losses[4]["loss.params"]  # alpha = beta = 0.5 would be Dice again
     assert losses[4]["loss.name"] == "tversky" and tversky["beta"] > tversky["alpha"]
-    assert values("optimizers", "optim.name") == ["sgd", "adam", "adamw", "rmsprop"]
-    assert load_experiment("optimizers", "cpu").config["optim"]["lr_find"]["num_iter"] == 50
+    arms = values("optimizers", "arm")
+    assert arms[0]["optim.lr_find"]["num_iter"] == 50  # the LR-finder arm first (what --smoke runs)
+    per_arm = {a["label"]: sorted(x["optim.lr"] for x in arms if x["label"] == a["label"] and "optim.lr" in x)
+               for a in arms}
+    assert all(len(per_arm[name]) == 3 for name in ("sgd", "adam", "adamw", "rmsprop"))  # an LR grid per arm
+    nnunet = next(a for a in arms if a["label"] == "sgd-nnunet")
+    assert (nnunet["optim.lr"], nnunet["optim.momentum"], nnunet["optim.params"], nnunet["optim.scheduler"]) == \
+        (0.01, 0.99, {"nesterov": True}, "poly")
+    labels = {spec.label for spec in expand_grid(load_experiment("optimizers", "cpu"))}
+    assert labels == {"adamw-lr-finder", "sgd", "sgd-nnunet", "adam", "adamw", "rmsprop"}
     assert {v["loss.mode"] for v in values("activation", "head")} == {"multiclass", "multilabel", "region"}
     for name in SIX:
         assert values(name, "train.seed") == [0, 1, 2]
@@ -244,7 +254,7 @@ def test_source_weights_and_lr_finder(tmp_path: Path) -> None:
     )
     report = run_experiment(path, "cpu", run_root=tmp_path / "runs", progress=False, say=_quiet)
     (row,) = read_rows(tmp_path / "results.csv")
-    assert row["weights"] == "other_seed"
+    assert row["weights"] == "other_seed+decoder"  # transfer: auto (the default) loads the decoder too
     (source_dir,) = (tmp_path / "runs" / "sources").iterdir()
     assert (source_dir / "best.pt").is_file()
     lr = float(row["lr"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from itertools import pairwise
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -118,7 +119,8 @@ def _run(name: str, steps: int, **kw) -> tuple[list[list[float]], torch.optim.Op
 def test_intervals() -> None:
     opt = build_optimizer("sgd", _tiny_net().parameters(), lr=1.0)
     intervals = {n: build_scheduler(n, opt, epochs=2, steps_per_epoch=5).medseg_interval for n in SCHEDULERS}
-    assert intervals == {"constant": "step", "cosine": "step", "onecycle": "step", "plateau": "epoch"}
+    assert intervals == {"constant": "step", "cosine": "step", "onecycle": "step", "poly": "step",
+                         "plateau": "epoch"}
 
 
 def test_cosine_with_warmup_known_values() -> None:
@@ -237,3 +239,26 @@ def test_lr_range_test_with_a_multilabel_loss_and_label_maps() -> None:
                            params=plan.param_groups(1.0), normalize=input_normalizer(cfg))
     assert len(result.lrs) == 6 and all(math.isfinite(v) for v in result.losses)
     assert 1e-5 <= result.suggestion <= 1e-1
+
+
+def test_poly_schedule_is_nnunets() -> None:
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.01)
+    sched = build_scheduler("poly", opt, epochs=1, steps_per_epoch=100, min_lr_ratio=1e-6)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.01)
+    assert lrs[50] == pytest.approx(0.01 * (1 - 50 / 100) ** 0.9)
+    assert all(a > b for a, b in pairwise(lrs)) and sched.medseg_interval == "step"
+
+
+def test_steepest_suggestion_falls_back_when_it_sits_at_the_end_of_the_sweep() -> None:
+    from medseg_tutorial.optim import SUGGESTIONS
+
+    lrs = np.logspace(-6, 0, 30)
+    still_falling = 2 - np.linspace(0, 1, 30) ** 3  # falls fastest at the very end: no safe steepest point
+    assert SUGGESTIONS["steepest"](lrs, still_falling) == pytest.approx(max(lrs[-1] / 10, lrs[0]))
+    dip = 1 - np.exp(-((np.log10(lrs) + 3) ** 2))  # a valley at 1e-3: steepest descent before it
+    assert 1e-5 < SUGGESTIONS["steepest"](lrs, dip) < 1e-3

@@ -191,3 +191,15 @@ def test_run_provenance(folder):
     line = results.run_provenance(results.load_results("data_efficiency", folder))
     assert line.startswith("12 runs") and "hardware: cpu" in line and "commit: abc" in line
     assert "median 11 s per run" in line
+
+
+def test_select_on_validation_picks_each_arms_best_choice_without_looking_at_test():
+    df = pd.DataFrame({
+        "optimizer": ["sgd"] * 4 + ["adam"] * 4,
+        "lr": [0.01, 0.01, 0.1, 0.1, 1e-3, 1e-3, 1e-2, 1e-2],
+        "val_dice_best": [0.5, 0.6, 0.8, 0.7, 0.9, 0.8, 0.4, 0.3],
+        "test_dice": [0.99, 0.99, 0.1, 0.1, 0.2, 0.2, 0.99, 0.99],  # must not influence the choice
+    })
+    chosen = results.select_on_validation(df, "optimizer", "lr")
+    assert chosen.attrs["selected"] == {"adam": 1e-3, "sgd": 0.1}
+    assert len(chosen) == 4 and set(chosen["test_dice"]) == {0.1, 0.2}

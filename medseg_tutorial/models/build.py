@@ -113,12 +113,15 @@ def build_model(
     in_channels: int = 3,
     classes: int = 2,
     arch: str = "unet",
+    transfer: str = "auto",
     **smp_kwargs: Any,
 ) -> nn.Module:
     """Build an smp segmentation model and load ``weights`` (see the module docstring).
 
-    ``smp_kwargs`` go to the smp architecture (e.g. ``decoder_channels``). The model carries
-    ``medseg_config`` (a ``ModelSpec``) and ``medseg_transfer`` (which parts were loaded).
+    ``smp_kwargs`` go to the smp architecture (e.g. ``decoder_channels``). From one of our
+    checkpoints, ``transfer="auto"`` loads the encoder plus the decoder (and head) where they fit;
+    ``transfer="encoder"`` loads the encoder only, so that comparing sources compares encoders.
+    The model carries ``medseg_config`` (a ``ModelSpec``) and ``medseg_transfer`` (which parts were loaded).
 
     Used in chapters 1, 2, 5, 6, 7, 8 and 9.
     """
@@ -144,7 +147,7 @@ def build_model(
         _load_encoder(model, state, f"ImageNet weights ({spec.imagenet_source})")
         transfer = {"encoder": "imagenet"}
     else:
-        transfer = _load_file(model, config, Path(weights))
+        transfer = _load_file(model, config, Path(weights), encoder_only=_transfer_mode(transfer))
     model.medseg_config = config
     model.medseg_transfer = transfer
     return model
@@ -183,7 +186,14 @@ def _as_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def _load_file(model: nn.Module, config: ModelSpec, path: Path) -> dict[str, str]:
+def _transfer_mode(transfer: str) -> bool:
+    """``"encoder"``: load only the encoder from a checkpoint; ``"auto"``: also what fits of decoder and head."""
+    if transfer not in ("auto", "encoder"):
+        raise ValueError(f"transfer must be 'auto' or 'encoder', got {transfer!r}")
+    return transfer == "encoder"
+
+
+def _load_file(model: nn.Module, config: ModelSpec, path: Path, encoder_only: bool = False) -> dict[str, str]:
     """Load weights from a file; returns which parts were loaded or re-initialised."""
     state, meta = read_checkpoint(path)
     if meta is None:  # a plain encoder state dict, possibly saved with the "encoder." prefix
@@ -202,7 +212,8 @@ def _load_file(model: nn.Module, config: ModelSpec, path: Path) -> dict[str, str
     report = {"encoder": "loaded"}
     # The decoder transfers only if it is built identically; the head only if, in addition, the
     # classes match. Otherwise they keep smp's fresh initialisation (cross-task transfer).
-    same_decoder = source.arch == config.arch and _as_json(source.smp_kwargs) == _as_json(config.smp_kwargs)
+    same_decoder = not encoder_only and source.arch == config.arch and \
+        _as_json(source.smp_kwargs) == _as_json(config.smp_kwargs)
     for name, part in parts.items():
         if same_decoder and (name == "decoder" or source.classes == config.classes):
             try:

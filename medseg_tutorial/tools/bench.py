@@ -51,7 +51,7 @@ from ..files import write_json
 from ..loaders import build_data
 from ..provenance import cpu_name
 
-__all__ = ["BenchConfig", "format_report", "run_bench"]
+__all__ = ["BenchConfig", "run_bench"]
 
 # Dense (no sparsity) bf16/fp16 tensor-core peaks from the vendors' data sheets, in TFLOP/s.
 # The first entry whose key appears in torch.cuda.get_device_name() is used.
