@@ -9,6 +9,7 @@ what ``torchrun`` runs for multi-GPU training (every process runs the same comma
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ._version import __version__
+from .errors import MedsegError
 
 Handler = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
@@ -75,6 +77,16 @@ def _data(args: argparse.Namespace) -> int:
 # --- medseg train / evaluate / predict -------------------------------------------------------------
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be >= 1")
+    return value
+
+
 def _set_threads(threads: int | None) -> None:
     """On a shared CPU, fewer torch threads can be much faster (threads spin-wait for each other)."""
     if threads:
@@ -91,7 +103,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last.pt")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: when the terminal shows them)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=_positive, help="torch CPU threads")
 
 
 @command("train", "train one model from a YAML config", _train_args)
@@ -205,7 +217,7 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="validate every config and list the runs, done or pending")
     p.add_argument("--list", action="store_true", help="list the shipped experiments")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--threads", type=int, help="torch CPU threads (on a busy CPU, 1 can be much faster)")
+    p.add_argument("--threads", type=_positive, help="torch CPU threads (on a busy CPU, 1 can be much faster)")
     p.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
                    help="run every N-th grid point starting at K (0-based), e.g. two processes with 0/2 and 1/2")
     p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
@@ -268,7 +280,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=_positive, help="torch CPU threads")
     p.add_argument("--json", type=Path, help="also write the report as JSON")
 
 
@@ -323,15 +335,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    """The message of an error a user can fix, as one line (OSError: what failed, on which file)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        what = {errno.ENOSPC: "no space left writing", errno.EACCES: "permission denied for",
+                errno.EROFS: "read-only file system, cannot write", errno.ENOENT: "no such file or folder"}
+        name = exc.filename or ""
+        return f"{what.get(exc.errno, exc.strerror)} {name}".strip() if name else exc.strerror
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(str(text).split())  # a message of several lines (torch's, numpy's) on one line
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``medseg`` console script."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``medseg`` console script.
+
+    The one place where errors become messages: a :class:`~medseg_tutorial.errors.MedsegError` (or an
+    ``OSError``, or the ``ValueError``/``KeyError`` of a bad argument) prints one line and exits 2;
+    anything else is a bug and keeps its traceback.
+    """
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # overrides after an option (``--run-dir X train.epochs=2``) are overrides all the same
+        if hasattr(args, "items") and all("=" in e and not e.startswith("-") for e in extra):
+            args.items = [*args.items, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return COMMANDS[args.command][2](args)
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as exc:
-        # Errors from bad input are reported in one line; bugs still show a traceback.
-        print(f"medseg {args.command}: error: {exc}", file=sys.stderr)
+    except (MedsegError, OSError, ValueError, KeyError) as exc:
+        print(f"medseg {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"medseg {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
+
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .data.types import SliceTable
@@ -39,8 +42,6 @@ SplitMode = Literal["patient", "slice"]
 InputNorm = Literal["none", "encoder"]
 
 
-class ConfigError(ValueError):
-    """A config key or value is wrong; the message names the key (e.g. ``optim.lr``)."""
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -327,7 +328,7 @@ def load_config(
         raw = copy.deepcopy(path)
     else:
         file = find_config(path)
-        raw = yaml.safe_load(file.read_text()) or {}
+        raw = read_yaml(file)
         if not isinstance(raw, dict):
             raise ConfigError(f"{file}: a config must be a mapping of sections, got {type(raw).__name__}")
     presets = raw.pop("presets", None) or {}
@@ -348,11 +349,33 @@ def load_config(
     return Config.from_dict(raw, resolve=resolve)
 
 
+def read_yaml(file: str | os.PathLike) -> Any:
+    """The YAML in ``file``; a binary file or a syntax error is a ConfigError naming the file and line."""
+    file = Path(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file}: not a text file (a YAML config is UTF-8 text)") from None
+    if "\x00" in text:
+        raise ConfigError(f"{file}: not a text file (a YAML config is UTF-8 text)")
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{file}:{mark.line + 1}" if mark is not None else str(file)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+
+
 def _parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} must look like section.key=value, e.g. train.epochs=2")
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML") from None
+    return key.strip().split("."), parsed
 
 
 def set_dotted(raw: dict[str, Any], key: str | list[str], value: Any) -> None:
@@ -441,6 +464,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
+        if isinstance(value, bool) and ("off" in args or "on" in args):
+            value = "on" if value else "off"  # YAML 1.1 reads an unquoted off/on as false/true
         if value not in args:
             raise ConfigError(f"{key}: must be one of {', '.join(map(repr, args))} (got {value!r})"
                               f"{_did_you_mean(str(value), [str(a) for a in args])}")
@@ -462,6 +487,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 raise ConfigError(f"{key}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -518,6 +545,15 @@ def _check_names(cfg: Config) -> None:
         ("loss.name", lambda: losses.loss_class(cfg.loss.name, cfg.loss.mode, class_weights=cfg.loss.weights)),
         ("optim.name", lambda: optim.optimizer_class(cfg.optim.name)),
         ("optim.scheduler", lambda: optim.scheduler_factory(cfg.optim.scheduler)),
+        # the parameter mappings too, by building the object on nothing: an unknown key fails now,
+        # not after the data were prepared
+        ("loss.params", lambda: losses.build_loss(cfg.loss.name, cfg.loss.mode, classes=cfg.model.classes,
+                                                  **cfg.loss.params, **_class_weights(cfg))),
+        ("optim.params", lambda: _dummy_optimizer(cfg, optim)),
+        ("optim.scheduler_params", lambda: optim.build_scheduler(
+            cfg.optim.scheduler, _dummy_optimizer(cfg, optim), epochs=1, steps_per_epoch=1,
+            warmup_steps=cfg.optim.warmup_steps, min_lr_ratio=cfg.optim.min_lr_ratio, **cfg.optim.scheduler_params)),
+        ("data.options", lambda: _check_options(cfg.data.options)),
     )
     for key, check in checks:
         try:
@@ -525,6 +561,31 @@ def _check_names(cfg: Config) -> None:
         except (KeyError, ValueError, TypeError) as err:
             message = err.args[0] if err.args else str(err)
             raise ConfigError(f"{key}: {message}") from None
+
+
+def _class_weights(cfg: Config) -> dict[str, Any]:
+    return {"class_weights": list(cfg.loss.weights)} if cfg.loss.weights is not None else {}
+
+
+def _dummy_optimizer(cfg: Config, optim: Any) -> Any:
+    import torch
+
+    oc = cfg.optim
+    return optim.build_optimizer(oc.name, [torch.nn.Parameter(torch.zeros(1))], lr=oc.lr, weight_decay=oc.weight_decay,
+                                 momentum=oc.momentum, **oc.params)
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    import inspect
+
+    from .data.prepare import prepare_dataset
+
+    # what DataConfig already sets has its own key; the rest of prepare_dataset's arguments may go here
+    allowed = set(inspect.signature(prepare_dataset).parameters) - {
+        "name", "root", "size", "keep_empty", "cache_dir", "seed", "progress", "crop"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise KeyError(f"unknown option {unknown[0]!r}{_did_you_mean(unknown[0], allowed)} (known: {', '.join(sorted(allowed))})")
 
 
 def diff(a: Any, b: Any, prefix: str = "") -> list[str]:

@@ -7,6 +7,8 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
+from .errors import ConfigError
+
 __all__ = ["autocast", "autocast_dtype", "enable_determinism", "select_device"]
 
 
@@ -15,7 +17,7 @@ def select_device(name: str = "auto") -> torch.device:
     if name != "auto":
         device = torch.device(name)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"train.device={name!r} but CUDA is not available; use 'auto' or 'cpu'")
+            raise ConfigError(f"train.device={name!r} but CUDA is not available; use 'auto' or 'cpu'")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")

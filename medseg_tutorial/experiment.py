@@ -61,7 +61,7 @@ import yaml
 
 from . import __version__
 from .config import Config, ConfigError, deep_merge, get_dotted, load_config, set_dotted
-from .files import write_csv
+from .files import atomic_write, write_csv
 from .paths import cache_dir
 from .provenance import git_commit, hardware_label
 
@@ -545,6 +545,8 @@ def run_experiment(
         check_config(spec)
     for source in sorted({get_dotted(spec.raw, "model.source") for spec in planned} - {None}):
         load_config(source_raw(exp, source, smoke))
+    if not dry_run:
+        _check_writable(results)  # found now, not after the first hours of training
     report = ExperimentReport(exp.name, results, planned, run_root=root, dry_run=dry_run)
     if not allow_mixed_commits:
         _one_commit(results, root, planned, rerun_stale and not dry_run, say)
@@ -604,3 +606,14 @@ def _one_commit(results: Path, root: Path, planned: list[RunSpec], rerun: bool, 
         if (root / run_id).is_dir():
             shutil.rmtree(root / run_id)
     say(f"{results}: {len(ids)} runs from other commits removed; they run again at {now}")
+
+
+def _check_writable(results: Path) -> None:
+    """Create (and remove) a file beside ``results``; a ConfigError naming the path if that fails."""
+    try:
+        results.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(results.with_name(f".{results.name}.probe")):
+            pass
+        results.with_name(f".{results.name}.probe").unlink(missing_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot write the results table {results}: {err.strerror or err}") from None

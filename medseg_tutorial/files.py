@@ -19,7 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "write_csv", "write_json", "write_text"]
+from .errors import RunError
+
+__all__ = ["atomic_write", "exclusive_lock", "write_csv", "write_json"]
 
 
 @contextmanager
@@ -64,6 +66,37 @@ def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]], columns: 
         writer.writeheader()
         writer.writerows(rows)
     return Path(path)
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold an exclusive, non-blocking lock on ``path`` (created if needed) for the ``with`` block.
+
+    Raises :class:`~medseg_tutorial.errors.RunError` naming ``what`` when another process holds it; the
+    lock dies with its process, so a killed run never leaves a stale lock behind.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; one process per folder is then the user's job
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            raise RunError(f"{what} is in use by {owner}; wait for it to finish or choose another folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None) -> list[Path]:

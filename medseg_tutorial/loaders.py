@@ -24,7 +24,7 @@ from .data.types import SliceTable
 from .device import select_device
 from .distributed import DistInfo, barrier, train_sampler
 
-__all__ = ["TrainData", "build_data"]
+__all__ = ["build_data"]
 
 # data.augment_on -> the loader builder, by name: the GPU-resident loader is a tool, and the core
 # never imports a tool (it is loaded only when a config asks for it)

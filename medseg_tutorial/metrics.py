@@ -42,7 +42,6 @@ __all__ = [
     "dice_per_class",
     "hd95",
     "iou_from_counts",
-    "iou_per_class",
     "per_image_scores",
     "per_patient_scores",
     "summarize_scores",

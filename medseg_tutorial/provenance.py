@@ -15,7 +15,7 @@ import torch
 
 from .paths import REPO
 
-__all__ = ["git_commit", "hardware", "seed_everything"]
+__all__ = ["git_commit", "seed_everything"]
 
 
 def git_commit(path: str | os.PathLike = REPO, short: bool = False) -> str:

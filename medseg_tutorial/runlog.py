@@ -8,6 +8,7 @@ import json
 import math
 import os
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from .builders import normalization_stats
 from .config import Config
 from .data.splits import save_split
 from .distributed import DistInfo
-from .files import write_csv, write_json
+from .errors import RunError
+from .files import exclusive_lock, write_csv, write_json
 from .models import save_checkpoint
 from .provenance import git_commit, hardware, now
 
@@ -36,8 +38,15 @@ class RunLog:
         self.info: dict[str, Any] = {}
         self.class_names: tuple[str, ...] = ()
         self.writer = None
+        self._lock = ExitStack()
+        if self.main:  # two runs never write one folder at once (released in close, or when the process dies)
+            self._lock.enter_context(exclusive_lock(run_dir / ".lock", f"run folder {run_dir}"))
         if not resume:
-            self.refuse_to_overwrite()
+            try:
+                self.refuse_to_overwrite()
+            except BaseException:
+                self._lock.close()
+                raise
 
     def say(self, message: str) -> None:
         """One line on stdout (rank 0); tqdm.write keeps progress bars intact."""
@@ -46,8 +55,8 @@ class RunLog:
 
     def refuse_to_overwrite(self) -> None:
         if (self.run_dir / "last.pt").exists():
-            raise FileExistsError(f"{self.run_dir} already holds a run; resume it (resume=True / --resume) "
-                                  "or choose another run_dir")
+            raise RunError(f"{self.run_dir} already holds a run; resume it (resume=True / --resume) "
+                           "or choose another run_dir")
 
     def start(self, device: torch.device, amp_dtype: torch.dtype | None, data: Any, counts: dict[str, int],
               resumed: bool, extra: dict[str, Any] | None = None) -> None:
@@ -124,3 +133,4 @@ class RunLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        self._lock.close()

@@ -64,13 +64,13 @@ from .evaluate import predict
 from .files import remove_stale_temporaries
 from .loaders import TrainData, batches_per_epoch, build_data
 from .metrics import per_patient_scores, summarize_scores
-from .models.checkpoint import atomic_torch_save
+from .models.checkpoint import CheckpointError, atomic_torch_save
 from .optim import lr_range_test
 from .provenance import seed_everything
 from .runlog import RunLog
 from .step import NonFiniteLossError
 
-__all__ = ["RunResult", "train"]
+__all__ = ["train"]
 
 STATE_FORMAT = "medseg-train-state"
 # keys that may change when resuming: a run can be extended or given a different patience
@@ -125,26 +125,24 @@ def train(
     device, dist_info, amp_dtype = start_process(cfg)
     show = dist_info.is_main and (sys.stderr.isatty() if progress is None else progress)
     run_dir = Path(run_dir if run_dir is not None else cfg.format_run_dir())
-    log = RunLog(run_dir, cfg, dist_info, show, resume)
-
-    data = build_data(cfg, dist_info, show, device=device)
-    seed_everything(tc.seed)  # right before the weights are drawn: a cache miss or hit cannot shift them
-    model, plan = build_network(cfg, device)
-    lr = choose_lr(cfg, data, model, plan, device, run_dir, log)
-    optimizer = build_optimizer(cfg, plan, lr)
-    batches = batches_per_epoch(len(data), tc.accumulate, tc.max_steps_per_epoch)
-    scheduler = build_scheduler(cfg, optimizer, batches // tc.accumulate)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # fp16 only
-    state = TrainState()
-    if resume:
-        state = load_training_state(run_dir / "last.pt", cfg, model, optimizer, scheduler, scaler, dist_info)
-        plan.on_epoch_start(model, state.epoch - 1)  # re-unfreeze what earlier epochs unfroze
-    log.start(device, amp_dtype, data, plan.counts(model), resumed=resume, extra={"lr": lr})
-    compiled = torch.compile(model) if tc.compile else model
-    step = build_step(cfg, wrap_model(compiled, dist_info, device), optimizer, scaler, amp_dtype,
-                      build_loss(cfg).to(device))
-    status = "failed"
+    log = RunLog(run_dir, cfg, dist_info, show, resume)  # locks the run folder: one writer at a time
+    state, status = TrainState(), "failed"
     try:
+        data = build_data(cfg, dist_info, show, device=device)
+        seed_everything(tc.seed)  # right before the weights are drawn: a cache miss or hit cannot shift them
+        model, plan = build_network(cfg, device)
+        lr = choose_lr(cfg, data, model, plan, device, run_dir, log)
+        optimizer = build_optimizer(cfg, plan, lr)
+        batches = batches_per_epoch(len(data), tc.accumulate, tc.max_steps_per_epoch)
+        scheduler = build_scheduler(cfg, optimizer, batches // tc.accumulate)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # fp16 only
+        if resume:
+            state = load_training_state(run_dir / "last.pt", cfg, model, optimizer, scheduler, scaler, dist_info)
+            plan.on_epoch_start(model, state.epoch - 1)  # re-unfreeze what earlier epochs unfroze
+        log.start(device, amp_dtype, data, plan.counts(model), resumed=resume, extra={"lr": lr})
+        compiled = torch.compile(model) if tc.compile else model
+        step = build_step(cfg, wrap_model(compiled, dist_info, device), optimizer, scaler, amp_dtype,
+                          build_loss(cfg).to(device))
         for epoch in tqdm(range(state.epoch, tc.epochs), desc="epochs", initial=state.epoch, total=tc.epochs,
                           disable=not show):
             if state.stopped_early:
@@ -319,8 +317,12 @@ def load_training_state(
         raise FileNotFoundError(f"cannot resume: {path} does not exist (start the run without resume)")
     if dist_info.is_main:
         remove_stale_temporaries(path.parent)  # what a writer killed mid-write left behind
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if ckpt.get("format") != STATE_FORMAT:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, pickle or tensor data: torch raises many types
+        raise CheckpointError(f"{path}: cannot resume, the training state is truncated or corrupt "
+                              f"({type(err).__name__}); delete it to train afresh") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != STATE_FORMAT:
         raise ValueError(f"{path} is not a training-state checkpoint (format {ckpt.get('format')!r})")
     try:  # a checkpoint from an older version lacks newer keys: they take their defaults
         saved = Config.from_dict(ckpt["config"]).to_dict()

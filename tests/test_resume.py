@@ -20,6 +20,7 @@ import torch
 
 from medseg_tutorial import train as trainer_module
 from medseg_tutorial.config import load_config
+from medseg_tutorial.errors import RunError
 from medseg_tutorial.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,7 +134,7 @@ def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path: Path, monkeypatch
 def test_resume_refuses_a_changed_config(tmp_path: Path, one_thread) -> None:
     cfg = load_config("phantom", ["preset=smoke", "train.epochs=1", "train.max_steps_per_epoch=1"])
     train(cfg, tmp_path, progress=False)
-    with pytest.raises(FileExistsError, match="already holds a run"):
+    with pytest.raises(RunError, match="already holds a run"):
         train(cfg, tmp_path, progress=False)
     changed = load_config("phantom", ["preset=smoke", "train.epochs=1", "train.max_steps_per_epoch=1",
                                       "optim.lr=0.1"])

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from medseg_tutorial import train as trainer_module
-from medseg_tutorial.config import load_config
+from medseg_tutorial.config import ConfigError, load_config
 from medseg_tutorial.data.splits import Split, save_split
 from medseg_tutorial.device import autocast_dtype, select_device
 from medseg_tutorial.distributed import DistInfo
@@ -209,7 +209,7 @@ def test_device_and_precision_selection() -> None:
     assert select_device("auto").type in ("cuda", "mps", "cpu")
     if not torch.cuda.is_available():
         assert select_device("auto") == cpu
-        with pytest.raises(RuntimeError, match="CUDA is not available"):
+        with pytest.raises(ConfigError, match="CUDA is not available"):
             select_device("cuda")
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import MedsegError
+
 # The kinds of problem an importer or the checker can find (``DataError.kind``, ``Problem.kind``).
 PROBLEM_KINDS = {
     "missing_file": "a file or folder the layout promises is absent",
@@ -19,7 +21,7 @@ PROBLEM_KINDS = {
 }
 
 
-class DataError(ValueError):
+class DataError(MedsegError, ValueError):
     """A dataset file is missing, unreadable or inconsistent.
 
     ``path`` is the file (or folder) at fault, ``kind`` one of :data:`PROBLEM_KINDS` and

@@ -32,6 +32,7 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
+from ..errors import MedsegError
 from ..files import atomic_write
 
 FORMAT = "medseg-checkpoint"
@@ -39,7 +40,7 @@ FORMAT_VERSION = 1
 _SAFETENSORS_KEY = "medseg_checkpoint"  # safetensors header metadata key holding our JSON
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(MedsegError, RuntimeError):
     """A checkpoint file is unreadable or does not match what the caller expects."""
 
 

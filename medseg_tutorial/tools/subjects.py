@@ -28,7 +28,7 @@ import pandas as pd
 
 from ..data.registry import iter_cases
 
-__all__ = ["fingerprints", "likely_pairs", "subject_report", "twin_sides"]
+__all__ = ["subject_report"]
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 

@@ -1,0 +1,173 @@
+"""Bad input gets one clear line and exit status 2; faults never lose work. Every bad input is built here."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from medseg_tutorial import cli
+from medseg_tutorial.config import ConfigError, load_config
+from medseg_tutorial.errors import RunError
+from medseg_tutorial.experiment import run_experiment
+from medseg_tutorial.files import atomic_write, exclusive_lock
+from medseg_tutorial.models.checkpoint import CheckpointError
+from medseg_tutorial.train import train
+
+SMOKE = ["preset=smoke", "train.epochs=1", "output.tensorboard=false"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    """Run ``medseg ARGV`` in this process: (exit status, stderr)."""
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    err = capsys.readouterr().err
+    return code, err
+
+
+def _one_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line]
+    assert lines and "Traceback" not in err, err
+    return lines[-1]
+
+
+# --- configs ------------------------------------------------------------------------------------
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  dataset: phantom\n  size: [64, 64\ntrain: {epochs: 2}\n")
+    code, err = _cli(capsys, "train", "--config", str(bad))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{bad}:" in err and "YAML syntax error" in err
+
+
+def test_a_binary_file_is_not_a_config(tmp_path: Path, capsys) -> None:
+    blob = tmp_path / "model.yaml"
+    blob.write_bytes(bytes(range(256)) * 4)
+    code, err = _cli(capsys, "train", "--config", str(blob))
+    assert code == 2 and "not a text file" in _one_line(err) and str(blob) in err
+
+
+def test_amp_off_unquoted_means_off(tmp_path: Path) -> None:
+    assert load_config("phantom", ["train.amp=off"]).train.amp == "off"
+    file = tmp_path / "c.yaml"
+    file.write_text("data: {dataset: phantom}\ntrain: {amp: off}\n")  # YAML 1.1 reads this as false
+    assert load_config(file).train.amp == "off"
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("strategy.params={evry: 2}", "strategy.params"),
+    ("optim.params={nestrov: true}", "optim.params"),
+    ("loss.params={gama: 2}", "loss.params"),
+    ("optim.scheduler_params={patiense: 2}", "optim.scheduler_params"),
+    ("data.options={resize: pad}", "data.options"),
+    ("optim.lr=.inf", "optim.lr"),
+    ("optim.lr=.nan", "optim.lr"),
+])
+def test_bad_parameter_keys_and_values_fail_when_the_config_loads(override: str, key: str) -> None:
+    extra = ["strategy.name=gradual_unfreezing"] if override.startswith("strategy") else []
+    with pytest.raises(ConfigError, match=rf"^{key.replace('.', r'[.]')}: "):
+        load_config("phantom", [*extra, override])
+
+
+def test_a_config_mistake_is_one_line_before_any_data_is_read(tmp_path: Path, capsys) -> None:
+    cache = tmp_path / "cache"
+    os.environ["MEDSEG_CACHE_DIR"] = str(cache)
+    try:
+        code, err = _cli(capsys, "train", "--config", "phantom", "data.options={resize: pad}")
+    finally:
+        del os.environ["MEDSEG_CACHE_DIR"]
+    assert code == 2 and _one_line(err).startswith("medseg train: error: data.options: unknown option 'resize'")
+    assert not (cache / "prepared").exists()  # refused before preparation
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_one_line(tmp_path: Path, capsys) -> None:
+    code, err = _cli(capsys, "train", "--config", "phantom", *SMOKE, "train.device=cuda", "--run-dir", str(tmp_path))
+    assert code == 2 and "CUDA is not available" in _one_line(err)
+
+
+def test_negative_threads_are_refused(capsys) -> None:
+    code, err = _cli(capsys, "train", "--config", "phantom", "--threads", "-2")
+    assert code == 2 and "--threads" in err and "must be >= 1" in err
+
+
+def test_overrides_may_follow_the_options(tmp_path: Path, capsys) -> None:
+    code, _ = _cli(capsys, "train", "--config", "phantom", "--run-dir", str(tmp_path / "run"), "--no-progress",
+                   *SMOKE)
+    assert code == 0 and (tmp_path / "run" / "best.pt").is_file()
+    code, err = _cli(capsys, "train", "--config", "phantom", "--run-dir", str(tmp_path / "x"), "--bogus")
+    assert code == 2 and "unrecognized arguments: --bogus" in err
+
+
+def test_os_errors_read_as_what_failed_on_which_file() -> None:
+    assert cli._one_line(OSError(errno.ENOSPC, "No space left on device", "/data/run/last.pt")) == \
+        "no space left writing /data/run/last.pt"
+    assert cli._one_line(OSError(errno.EACCES, "Permission denied", "/x")) == "permission denied for /x"
+
+
+def test_an_unwritable_results_path_is_found_before_training(tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("not a folder")
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(
+        "name: tiny\nconfig: {data: {dataset: phantom, size: [32, 32]}, train: {epochs: 1, device: cpu}}\n"
+        f"grid: {{train.seed: [0]}}\npresets: {{cpu: {{results: {tmp_path / 'a_file' / 'results.csv'}}}}}\n")
+    with pytest.raises(ConfigError, match="cannot write the results table"):
+        run_experiment(spec, "cpu", run_root=tmp_path / "runs", say=lambda _: None)
+    assert not (tmp_path / "runs").exists()
+
+
+# --- faults and concurrency -----------------------------------------------------------------------
+
+
+def test_two_runs_never_share_a_run_folder(tmp_path: Path) -> None:
+    cfg = load_config("phantom", SMOKE)
+    with exclusive_lock(tmp_path / ".lock", "run folder"):  # as if another `medseg train` were writing here
+        with pytest.raises(RunError, match="in use by process"):
+            train(cfg, tmp_path, progress=False)
+    assert not (tmp_path / "last.pt").exists()
+    train(cfg, tmp_path, progress=False)  # free again
+
+
+def test_a_truncated_last_pt_is_one_line_and_stale_temporaries_are_cleaned(tmp_path: Path, capsys) -> None:
+    cfg = load_config("phantom", SMOKE)
+    train(cfg, tmp_path, progress=False)
+    stale = tmp_path / ".last.pt.deadbeef.tmp"
+    stale.write_bytes(b"\0" * 1000)  # what a writer killed mid-write leaves
+    more = load_config("phantom", [*SMOKE[:-2], "train.epochs=2", "output.tensorboard=false"])
+    train(more, tmp_path, resume=True, progress=False)
+    assert not stale.exists()
+    data = (tmp_path / "last.pt").read_bytes()
+    (tmp_path / "last.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        train(more, tmp_path, resume=True, progress=False)
+    code, err = _cli(capsys, "train", "--config", "phantom", *SMOKE[:-2], "train.epochs=3", "--run-dir", str(tmp_path),
+                     "--resume")
+    line = _one_line(err)
+    assert code == 2 and "truncated or corrupt" in line and "weights_only" not in line
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 0.99])
+def test_a_write_killed_at_any_point_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path, fraction) -> None:
+    target = tmp_path / "last.pt"
+    torch.save({"step": 1}, target)
+    payload = os.urandom(100_000)
+    with pytest.raises(KeyboardInterrupt), atomic_write(target) as f:
+        f.write(payload[: int(fraction * len(payload))])
+        raise KeyboardInterrupt  # the process is interrupted here
+    assert torch.load(target, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
