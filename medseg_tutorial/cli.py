@@ -54,7 +54,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 @command("data", "inspect, check and fetch datasets", _data_args)
 def _data(args: argparse.Namespace) -> int:
     from . import data
-    from .data import catalog
+    from .tools import catalog
     from .tools.check import check_dataset
 
     if args.data_cmd == "check":

@@ -86,9 +86,9 @@ def setup(seed: int = 0, quiet: bool = False, datasets: Sequence[str] = ()) -> E
 
 def require_dataset(name: str, say: Callable[[str], None] = print) -> None:
     """Make sure dataset ``name`` is under the data root, downloading it if it is public."""
-    from .data.catalog import ensure_dataset
     from .data.errors import DataError
     from .data.registry import dataset_path
+    from .tools.catalog import ensure_dataset
 
     if ensure_dataset(name, say=say):
         say(f"{name}: {dataset_path(name)}")

@@ -18,11 +18,11 @@ import tifffile
 from PIL import Image
 
 from medseg_tutorial.data import DataError, dataset_info, iter_cases, registry
-from medseg_tutorial.data import download as download_module
 from medseg_tutorial.data.acdc import acdc_h5_items, acdc_official_split, read_acdc_nifti, read_info_cfg
-from medseg_tutorial.data.download import fetch_msd, msd_task_name
 from medseg_tutorial.data.msd import msd_info, read_msd_task, register_msd_task
 from medseg_tutorial.data.paired import read_paired_folder
+from medseg_tutorial.tools import download as download_module
+from medseg_tutorial.tools.download import fetch_msd, msd_task_name
 
 OUR_DATASETS = ["msd_hippocampus", "acdc", "lgg", "covid_ct", "covid_ct_multiclass"]
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from medseg_tutorial.data.download import ResumableDownloader, extract_archive, fetch_msd
 from medseg_tutorial.data.errors import DataError
+from medseg_tutorial.tools.download import ResumableDownloader, extract_archive, fetch_msd
 
 TASK = "Task04_Hippocampus"
 DATASET_JSON = json.dumps({"name": "Hippocampus", "labels": {"0": "background"}, "training": []}).encode()

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from medseg_tutorial.data import DataError, iter_cases
-from medseg_tutorial.data.catalog import ensure_dataset
-from medseg_tutorial.data.download import fetch_msd
 from medseg_tutorial.data.msd import read_msd_task
 from medseg_tutorial.data.registry import dataset_path
+from medseg_tutorial.tools.catalog import ensure_dataset
+from medseg_tutorial.tools.download import fetch_msd
 
 BOOK = Path(__file__).resolve().parents[1] / "book"
 TASK = "Task04_Hippocampus"

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.errors import DataError
+from ..data.registry import dataset_info, dataset_path, list_datasets
 from ..paths import data_root
 from .download import archive_source, fetch_msd, msd_task_name
-from .errors import DataError
-from .registry import dataset_info, dataset_path, list_datasets
 
 DOWNLOAD_ENV = "MEDSEG_NO_DOWNLOAD"  # "1": never download (air-gapped machines, CI)
 

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import pooch
 
+from ..data.errors import DataError
 from ..paths import cache_dir, data_root
-from .errors import DataError
 
 _MONAI_MIRROR = "https://msd-for-monai.s3-us-west-2.amazonaws.com"
 _MD5 = {
