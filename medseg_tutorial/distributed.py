@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-__all__ = ["DistInfo", "init_distributed", "unwrap", "wrap_model"]
+__all__ = ["DistInfo", "init_distributed", "wrap_model"]
 
 
 @dataclass(frozen=True)

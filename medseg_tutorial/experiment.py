@@ -549,7 +549,12 @@ def run_experiment(
         _check_writable(results)  # found now, not after the first hours of training
     report = ExperimentReport(exp.name, results, planned, run_root=root, dry_run=dry_run)
     if not allow_mixed_commits:
-        _one_commit(results, root, planned, rerun_stale and not dry_run, say)
+        try:
+            _one_commit(results, root, planned, rerun_stale and not dry_run, say)
+        except ConfigError as err:
+            if not dry_run:
+                raise
+            say(f"note: {err}")  # a dry run reports what a real one would refuse
     finished = {r.get("run_id") for r in read_rows(results)}
     for i, spec in enumerate(planned, 1):
         label = f"[{i}/{len(planned)}] {spec.run_id} {json.dumps(spec.overrides, default=str)}"
