@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
 from medseg_tutorial import cli
 from medseg_tutorial.config import ConfigError, load_config
+from medseg_tutorial.data._io import read_nifti_image
+from medseg_tutorial.data.errors import DataError
+from medseg_tutorial.data.preprocess import percentile_zscore
 from medseg_tutorial.errors import RunError
 from medseg_tutorial.experiment import run_experiment
 from medseg_tutorial.files import atomic_write, exclusive_lock
 from medseg_tutorial.models.checkpoint import CheckpointError
+from medseg_tutorial.tools.check import check_dataset
 from medseg_tutorial.train import train
 
 SMOKE = ["preset=smoke", "train.epochs=1", "output.tensorboard=false"]
@@ -171,3 +178,58 @@ def test_a_write_killed_at_any_point_keeps_the_old_file_and_leaves_no_temporary(
         raise KeyboardInterrupt  # the process is interrupted here
     assert torch.load(target, weights_only=True) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+# --- bad data -------------------------------------------------------------------------------------
+
+
+def _msd_task(root: Path, images: dict[str, np.ndarray]) -> Path:
+    task = root / "Task98_Bad"
+    (task / "imagesTr").mkdir(parents=True)
+    (task / "labelsTr").mkdir()
+    for name, image in images.items():
+        label = np.zeros(image.shape, np.uint8)
+        label[2:4, 2:4, 1:3] = 1
+        nib.save(nib.Nifti1Image(image, np.eye(4)), task / "imagesTr" / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(label, np.eye(4)), task / "labelsTr" / f"{name}.nii.gz")
+    meta = {"name": "Bad", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "x"},
+            "training": [{"image": f"./imagesTr/{n}.nii.gz", "label": f"./labelsTr/{n}.nii.gz"} for n in images]}
+    (task / "dataset.json").write_text(json.dumps(meta))
+    return task
+
+
+def test_nan_and_inf_voxels_are_named_not_normalised_to_zeros(tmp_path: Path) -> None:
+    image = np.random.default_rng(0).normal(size=(8, 8, 4)).astype(np.float32)
+    nan, inf = image.copy(), image.copy()
+    nan[1, 1, 1] = np.nan
+    inf[2, 2, 2] = np.inf
+    task = _msd_task(tmp_path, {"good": image, "nan": nan, "inf": inf})
+    report = check_dataset(str(task))
+    bad = {Path(p.path).name: p.message for p in report.problems}
+    assert set(bad) == {"nan.nii.gz", "inf.nii.gz"} and all("NaN or infinite" in m for m in bad.values())
+    with pytest.raises(DataError, match=r"nan\.nii\.gz: image has 1 NaN or infinite voxels"):
+        read_nifti_image(task / "imagesTr" / "nan.nii.gz")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        percentile_zscore(np.full((2, 1, 4, 4), np.nan, np.float32))
+
+
+def test_a_constant_image_warns() -> None:
+    with pytest.warns(RuntimeWarning, match="channel 0 is constant"):
+        out = percentile_zscore(np.full((2, 1, 4, 4), 7.0, np.float32))
+    assert (out == 0).all()
+
+
+def test_a_header_claiming_a_huge_volume_is_refused_before_reading(tmp_path: Path) -> None:
+    header = nib.Nifti1Header()
+    header.set_data_shape((30000, 30000, 30000))
+    header.set_data_dtype(np.float32)
+    path = tmp_path / "huge.nii"
+    with open(path, "wb") as f:
+        f.write(header.binaryblock + b"\0" * 4 + b"\0" * 1000)  # header, extension flag, almost no data
+    with pytest.raises(DataError, match=r"huge\.nii: image header claims .* voxels"):
+        read_nifti_image(path)
+    header.set_data_shape((64, 64, 64))
+    small = tmp_path / "short.nii"
+    small.write_bytes(header.binaryblock + b"\0" * 4 + b"\0" * 1000)
+    with pytest.raises(DataError, match=r"short\.nii: image is truncated"):
+        read_nifti_image(small)

@@ -90,12 +90,26 @@ def check_labels(mask: np.ndarray, num_classes: int, path: str | Path) -> None:
 # is the order SimpleITK and nnU-Net use, so the official ACDC files and its SSL4MIS HDF5 copy agree.
 
 
+# A NIfTI header may claim any shape; anything above this many voxels is refused before reading
+# (the largest volume of the book's datasets has about 20 million)
+MAX_VOXELS = 2_000_000_000
+
+
 def _nifti(path: Path, what: str) -> nib.Nifti1Image:
     require_file(path, what)
     with reading(path, what):
         img = nib.load(path)
     if len(img.shape) not in (3, 4):
         raise DataError(path, f"{what} has {len(img.shape)} dimensions {img.shape}, expected 3 or 4", "invalid")
+    voxels = int(np.prod(img.shape, dtype=np.int64))
+    if voxels > MAX_VOXELS:
+        raise DataError(path, f"{what} header claims {img.shape} = {voxels:,} voxels, more than the "
+                        f"{MAX_VOXELS:,} this reader accepts (a damaged or hostile header?)", "invalid")
+    if not str(path).endswith(".gz"):  # uncompressed: the file must hold what the header promises
+        needed = int(img.dataobj.offset) + voxels * img.get_data_dtype().itemsize
+        if path.stat().st_size < needed:
+            raise DataError(path, f"{what} is truncated: the header promises {needed:,} bytes, the file has "
+                            f"{path.stat().st_size:,}", "unreadable")
     return img
 
 
@@ -105,6 +119,9 @@ def read_nifti_image(path: Path) -> tuple[np.ndarray, tuple[float, float, float]
     with reading(path, "image"):
         data = img.get_fdata(dtype=np.float32)  # applies the header's intensity scaling
     data = data[..., None] if data.ndim == 3 else data
+    bad = int((~np.isfinite(data)).sum())
+    if bad:  # one NaN would turn the whole volume's normalisation into NaN, then silently into zeros
+        raise DataError(path, f"image has {bad:,} NaN or infinite voxels", "invalid")
     sx, sy, sz = (float(z) for z in img.header.get_zooms()[:3])
     return np.ascontiguousarray(data.transpose(2, 3, 1, 0)), (sz, sy, sx)
 

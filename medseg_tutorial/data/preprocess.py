@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -104,8 +105,12 @@ def percentile_zscore(image: np.ndarray, low: float = 0.5, high: float = 99.5) -
         v = image[:, c].astype(np.float32)
         p_lo, p_hi = np.percentile(v, [low, high])
         v = np.clip(v, p_lo, p_hi)
+        if not np.isfinite(v).all():  # a NaN would make every percentile NaN and the volume zeros
+            raise ValueError(f"channel {c} has {int((~np.isfinite(v)).sum())} NaN or infinite voxels")
         std = float(v.std())
-        # a constant channel (e.g. an empty sequence) becomes zeros instead of NaN
+        if std <= 1e-8:  # a constant channel (e.g. an empty sequence) becomes zeros instead of NaN
+            warnings.warn(f"channel {c} is constant ({float(v.mean()):g}); it normalises to zeros",
+                          RuntimeWarning, stacklevel=2)
         out[:, c] = (v - v.mean()) / std if std > 1e-8 else 0.0
     return out
 
