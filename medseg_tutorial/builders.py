@@ -19,14 +19,7 @@ from .optim import build_scheduler as _build_scheduler
 from .step import TrainStep
 from .strategies import StrategyPlan, get_strategy
 
-__all__ = [
-    "build_loss",
-    "build_network",
-    "build_optimizer",
-    "build_scheduler",
-    "build_step",
-    "input_normalizer",
-]
+__all__ = ["build_loss", "build_network", "build_optimizer", "build_scheduler", "build_step"]
 
 
 def build_network(cfg: Config, device: torch.device) -> tuple[nn.Module, StrategyPlan]:

@@ -32,7 +32,7 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from .data.types import SliceTable
 
-__all__ = ["Config", "ConfigError", "load_config"]
+__all__ = ["Config", "load_config"]
 
 AmpMode = Literal["auto", "bf16", "fp16", "off"]
 LossMode = Literal["binary", "multiclass", "multilabel", "region"]

@@ -9,8 +9,6 @@ import numpy as np
 
 from .registry import dataset_info, iter_cases
 
-__all__ = ["summarize_dataset"]
-
 
 class DatasetTally:
     """Counts of what was read: cases, patients, slices, shapes, pixels per class."""

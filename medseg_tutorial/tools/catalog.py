@@ -21,7 +21,7 @@ from .download import archive_source, fetch_msd, msd_task_name
 
 DOWNLOAD_ENV = "MEDSEG_NO_DOWNLOAD"  # "1": never download (air-gapped machines, CI)
 
-__all__ = ["downloadable", "ensure_dataset", "fetch_dataset", "format_dataset_list"]
+__all__ = ["ensure_dataset", "fetch_dataset"]
 
 
 @dataclass(frozen=True)
