@@ -155,12 +155,21 @@ def _evaluate(args: argparse.Namespace) -> int:
           f"slices: {scores.attrs['eval_slices']}, grid: {scores.attrs['eval_grid']})")
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     out = args.out or checkpoint.parent / f"eval_{args.split}.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scores.to_csv(out, index=False)
+    write_table(scores, out)
     print(f"per-patient scores: {out}")
     if args.overlays:
         print(f"overlays: {_save_split_overlays(checkpoint, args.split, args.overlays, args.device)}")
     return 0
+
+
+def write_table(df: Any, out: Path) -> Path:
+    """Write a DataFrame as CSV atomically (never a header-only file); names that are not UTF-8
+    (file names with undecodable bytes become patient ids) are kept as backslash escapes."""
+    from .files import atomic_write
+
+    with atomic_write(out) as f:
+        f.write(df.to_csv(index=False).encode("utf-8", "backslashreplace"))
+    return out
 
 
 def _save_split_overlays(checkpoint: Path, split: str, n: int, device: str) -> Path:

@@ -267,10 +267,15 @@ class Config:
             cfg.loss.name = "dice_bce" if cfg.loss.mode in ("binary", "multilabel", "region") else "dice_ce"
         if cfg.model.in_channels is None:
             cfg.model.in_channels = info.in_channels
+        # binary: one logit (what binary losses and decode("binary") expect); region: one sigmoid per
+        # foreground class, no background channel; otherwise one channel per label
+        needed = {"binary": 1, "region": info.num_classes - 1}.get(cfg.loss.mode, info.num_classes)
         if cfg.model.classes is None:
-            # one logit channel for a two-class task: what binary losses and decode("binary") expect
-            # region: one sigmoid per foreground class, no background channel
-            cfg.model.classes = {"binary": 1, "region": info.num_classes - 1}.get(cfg.loss.mode, info.num_classes)
+            cfg.model.classes = needed
+        elif cfg.model.classes != needed:
+            raise ConfigError(f"model.classes: {cfg.model.classes} output channels, but loss.mode {cfg.loss.mode!r} on "
+                              f"dataset {cfg.data.dataset!r} ({info.num_classes} labels {list(info.class_names)}) "
+                              f"needs {needed}; leave it null to have it filled in")
         if cfg.loss.weights is not None and len(cfg.loss.weights) != info.num_classes:
             raise ConfigError(
                 f"loss.weights: {len(cfg.loss.weights)} weights given but dataset "

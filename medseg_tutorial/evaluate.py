@@ -26,11 +26,13 @@ from torch import nn
 
 from .activations import label_map
 from .config import Config
+from .data.errors import DataError
 from .data.preprocess import normalize_case, pad_or_crop, resize_slices, resized_shape
 from .data.registry import dataset_info
 from .data.splits import load_split, patient_split
 from .data.types import Case, SliceTable
 from .device import autocast, select_device
+from .files import atomic_write
 from .metrics import per_patient_scores, summarize_scores
 from .models import load_checkpoint, normalize_input
 
@@ -406,17 +408,23 @@ def _pick_slices(masks: np.ndarray, preds: np.ndarray, n: int) -> list[int]:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    """A 2-D image file as float32 (1, C, H, W)."""
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
+    """A 2-D image file as float32 (1, C, H, W); an unreadable file is a DataError naming it."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
 
-        array = tifffile.imread(path)
-    else:
-        from PIL import Image
+            array = tifffile.imread(path)
+        else:
+            from PIL import Image
 
-        with Image.open(path) as img:
-            array = np.asarray(img.convert("RGB") if img.mode in ("P", "CMYK", "YCbCr") else img)
+            with Image.open(path) as img:
+                array = np.asarray(img.convert("RGB") if img.mode in ("P", "CMYK", "YCbCr") else img)
+    except Exception as err:  # PIL, tifffile and zlib raise their own types for damaged files
+        raise DataError(path, f"cannot read the image ({type(err).__name__}: {' '.join(str(err).split())[:120]})",
+                        "unreadable") from None
     array = np.asarray(array, np.float32)
+    if array.size == 0:
+        raise DataError(path, "holds no image (an empty or damaged image file)", "unreadable")
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3:
@@ -450,12 +458,20 @@ def predict_folder(
 
     predictor = Predictor.load(checkpoint, device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in files:
-        labels = predictor(_read_image(path), batch_size)[0]
+    written, failed = [], []
+    for path in files:  # a damaged file is reported, and every other file is still segmented
+        try:
+            labels = predictor(_read_image(path), batch_size)[0]
+        except DataError as err:
+            failed.append(err)
+            continue
         out = out_dir / f"{path.stem}.png"
-        Image.fromarray(labels.astype(np.uint8)).save(out)
+        with atomic_write(out) as f:
+            Image.fromarray(labels.astype(np.uint8)).save(f, format="PNG")
         written.append(out)
+    if failed:
+        raise DataError(failed[0].path, f"{failed[0].message}; {len(failed)} of {len(files)} images could not be "
+                        f"read, the other {len(written)} label maps are in {out_dir}", "unreadable")
     return written
 
 

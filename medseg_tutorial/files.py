@@ -42,6 +42,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", mkdir: bool = True) 
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # readable like a normally created file (caches may be shared)
         os.replace(tmp, path)
+    except OSError as err:
+        if err.filename is None and err.errno is not None:  # a full disk mid-write names no file: say which
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

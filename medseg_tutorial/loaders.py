@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .config import Config
+from .config import Config, ConfigError
 from .data.preprocess import select_slices
 from .data.splits import Split, label_fraction, load_split, patient_split
 from .data.torch_data import SegmentationDataset, eval_transform, seed_worker, train_transform
@@ -73,6 +73,9 @@ def build_data(cfg: Config, dist_info: DistInfo | None = None, show: bool = Fals
     table = dc.prepare(progress=show)
     if dist_info.is_main:
         barrier(dist_info)
+    if table.images.shape[1] != cfg.model.in_channels:
+        raise ConfigError(f"model.in_channels: {cfg.model.in_channels}, but the slices of {dc.dataset!r} have "
+                          f"{table.images.shape[1]} channels ({', '.join(table.info.channel_names)})")
     split = load_split(dc.split_file) if dc.split_file else patient_split(table, dc.fractions, seed=dc.seed)
     missing = sorted(set(split.train + split.val) - set(table.patients))
     if missing:

@@ -233,3 +233,88 @@ def test_a_header_claiming_a_huge_volume_is_refused_before_reading(tmp_path: Pat
     small.write_bytes(header.binaryblock + b"\0" * 4 + b"\0" * 1000)
     with pytest.raises(DataError, match=r"short\.nii: image is truncated"):
         read_nifti_image(small)
+
+
+def test_a_damaged_image_file_is_named(tmp_path: Path) -> None:
+    from medseg_tutorial.data.paired import _channels_first
+    from medseg_tutorial.evaluate import _read_image
+
+    with pytest.raises(DataError, match=r"x\.tif: holds no image"):
+        _channels_first(np.zeros((0,), np.uint8), tmp_path / "x.tif")
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
+    with pytest.raises(DataError, match=r"garbage\.png: cannot read the image"):
+        _read_image(garbage)
+
+
+@pytest.fixture(scope="module")
+def phantom_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("phantom-run")
+    train(load_config("phantom", SMOKE), run_dir, progress=False)
+    return run_dir / "best.pt"
+
+
+def test_predict_on_a_folder_with_one_corrupt_file_keeps_the_others(phantom_checkpoint: Path, tmp_path: Path,
+                                                                     capsys) -> None:
+    from PIL import Image
+
+    images = tmp_path / "in"
+    images.mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8)).save(images / f"{name}.png")
+    (images / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))
+    code, err = _cli(capsys, "predict", "--checkpoint", str(phantom_checkpoint), str(images), str(tmp_path / "out"),
+                     "--device", "cpu")
+    line = _one_line(err)
+    assert code == 2 and "c.png" in line and "1 of 3 images could not be read" in line
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png"]
+
+
+def test_channels_and_classes_that_do_not_fit_the_data_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^model\.classes: 2 output channels, but loss\.mode 'multiclass'"):
+        load_config("phantom", ["model.classes=2"])
+    with pytest.raises(ConfigError, match=r"^model\.in_channels: 3, but the slices of 'phantom' have 1 channels"):
+        train(load_config("phantom", [*SMOKE, "model.in_channels=3"]), tmp_path, progress=False)
+
+
+def test_tables_with_undecodable_file_names_are_written_whole(tmp_path: Path) -> None:
+    import pandas as pd
+
+    name = os.fsdecode(b"patient_\xff")  # a file name that is not UTF-8 becomes a surrogate escape
+    out = cli.write_table(pd.DataFrame({"patient_id": [name, "ok"], "dice": [0.5, 0.7]}), tmp_path / "eval.csv")
+    text = out.read_text()
+    assert "patient_\\udcff" in text and "ok,0.7" in text
+
+
+def test_the_folder_check_refuses_a_mask_that_is_not_a_label_map(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(tmp_path / "images" / f"{name}.png")
+    good = np.zeros((32, 32), np.uint8)
+    good[8:16, 8:16] = 255
+    Image.fromarray(good).save(tmp_path / "masks" / "a.png")
+    Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(tmp_path / "masks" / "b.png")
+    report = check_dataset(tmp_path)
+    assert not report.ok
+    (problem,) = report.problems
+    assert Path(problem.path).name == "b.png" and problem.kind == "bad_labels" and "different values" in problem.message
+
+
+def test_a_full_disk_names_the_file_being_written(tmp_path: Path) -> None:
+    target = tmp_path / "cache.npz"
+    with pytest.raises(OSError) as err, atomic_write(target):
+        raise OSError(errno.ENOSPC, "No space left on device")  # what write() raises on a full disk
+    assert cli._one_line(err.value) == f"no space left writing {target}"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_with_pickled_code_is_refused_without_torchs_advice(tmp_path: Path, capsys) -> None:
+    evil = tmp_path / "evil.pt"
+    torch.save({"fn": print}, evil)  # a function: loadable only with weights_only=False, i.e. by running code
+    code, err = _cli(capsys, "evaluate", "--checkpoint", str(evil), "--device", "cpu")
+    line = _one_line(err)
+    assert code == 2 and "evil.pt: cannot read checkpoint" in line and "weights_only" not in line

@@ -123,6 +123,8 @@ def paired_items(
 
 
 def _channels_first(pixels: np.ndarray, path: Path) -> np.ndarray:
+    if pixels.size == 0 or pixels.ndim < 2:
+        raise DataError(path, f"holds no image (shape {pixels.shape}): an empty or damaged image file", "unreadable")
     if pixels.ndim == 2:
         return pixels[None]
     if pixels.ndim == 3 and pixels.shape[-1] <= 4:  # (H, W, C) as PIL and most TIFFs give it

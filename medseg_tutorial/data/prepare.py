@@ -120,6 +120,9 @@ def _read_slices(name: str, root: str | os.PathLike | None, normalizer: str, par
             raise ValueError(
                 f"{name}: case {case.patient_id} ({case.source}) has labels outside 0..{info.num_classes - 1}"
             )
+        if case.image.shape[1] != info.in_channels:
+            raise ValueError(f"{case.source}: case {case.patient_id} has {case.image.shape[1]} channels, dataset "
+                             f"{name!r} has {info.in_channels} ({', '.join(info.channel_names)})")
         case = normalize_case(case, info, normalizer, **norm_kw)
         image, mask, spacing = resize_slices(case.image, case.mask.astype(np.uint8), params["size"],
                                              mode=params["resize_mode"], spacing=case.spacing[1:], crop=crop)

@@ -175,10 +175,12 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     try:
         state, meta = reader(path)
     except Exception as err:  # torch, zipfile, pickle and safetensors all raise their own types
+        # torch's message suggests weights_only=False, i.e. running the file's pickled code: never
+        first = str(err).split("\n", 1)[0].split(" Re-running `torch.load` with `weights_only`")[0][:160]
         raise CheckpointError(
             f"{path}: cannot read checkpoint: the file is truncated or corrupt, or holds more than "
-            f"tensors and plain data ({type(err).__name__}: {err})"
-        ) from err
+            f"tensors and plain data ({type(err).__name__}: {first})"
+        ) from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         found = sorted(state)[:8] if isinstance(state, Mapping) else type(state).__name__
         raise CheckpointError(f"{path}: expected a state dict (name -> tensor), found {found}")

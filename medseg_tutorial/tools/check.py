@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+import numpy as np
+
 from ..data._io import FileLayout, Item, check_labels, group_items, stack_slices
 from ..data.acdc import ACDC, ACDC_H5_LAYOUT, ACDC_NIFTI_LAYOUT
 from ..data.errors import DataError
@@ -77,6 +79,10 @@ class CheckReport:
         return "\n".join(lines)
 
 
+# without declared classes, a mask with more distinct values than this is not a label map
+MAX_UNDECLARED_LABELS = 32
+
+
 def _scan(folder: Path, layout: FileLayout, class_names: tuple[str, ...] | None, report: CheckReport) -> None:
     """Read every item of ``layout`` under ``folder``, recording each DataError instead of stopping."""
     tally = DatasetTally(class_names or ())
@@ -95,6 +101,10 @@ def _scan(folder: Path, layout: FileLayout, class_names: tuple[str, ...] | None,
                 vol = layout.read_item(item)
                 if class_names:
                     check_labels(vol.mask, len(class_names), item.mask)
+                elif len(np.unique(vol.mask)) > MAX_UNDECLARED_LABELS:
+                    raise DataError(item.mask, f"mask holds {len(np.unique(vol.mask))} different values: a label map "
+                                    "has a few classes (is it a grey-level image, or does it need a value "
+                                    "mapping such as 0/255 -> 0/1?)", "bad_labels")
             except DataError as err:
                 report.add(err)
                 continue
