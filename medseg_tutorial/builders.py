@@ -36,10 +36,7 @@ def build_network(cfg: Config, device: torch.device) -> tuple[nn.Module, Strateg
 
 def build_loss(cfg: Config) -> nn.Module:
     """The loss of ``cfg``, fed label maps in every mode (the multi-label adapter included)."""
-    kw = dict(cfg.loss.params)
-    if cfg.loss.weights is not None:
-        kw["class_weights"] = list(cfg.loss.weights)
-    return _build_loss(cfg.loss.name, cfg.loss.mode, classes=cfg.model.classes, **kw)
+    return _build_loss(cfg.loss.name, cfg.loss.mode, classes=cfg.model.classes, **cfg.loss.kwargs())
 
 
 def build_optimizer(cfg: Config, plan: StrategyPlan, lr: float | None = None) -> torch.optim.Optimizer:

@@ -138,6 +138,10 @@ class LossConfig:
     weights: list[float] | None = None  # per-class weights, passed as ``class_weights`` (CE-type losses)
     params: dict[str, Any] = field(default_factory=dict)  # other keyword arguments of build_loss
 
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``losses.build_loss``: ``params`` plus the class weights."""
+        return {**self.params, **({"class_weights": list(self.weights)} if self.weights is not None else {})}
+
     def _check(self) -> None:
         _require(self.weights is None or all(w >= 0 for w in self.weights), "loss.weights", self.weights,
                  "class weights must be >= 0")
@@ -553,7 +557,7 @@ def _check_names(cfg: Config) -> None:
         # the parameter mappings too, by building the object on nothing: an unknown key fails now,
         # not after the data were prepared
         ("loss.params", lambda: losses.build_loss(cfg.loss.name, cfg.loss.mode, classes=cfg.model.classes,
-                                                  **cfg.loss.params, **_class_weights(cfg))),
+                                                  **cfg.loss.kwargs())),
         ("optim.params", lambda: _dummy_optimizer(cfg, optim)),
         ("optim.scheduler_params", lambda: optim.build_scheduler(
             cfg.optim.scheduler, _dummy_optimizer(cfg, optim), epochs=1, steps_per_epoch=1,
@@ -566,10 +570,6 @@ def _check_names(cfg: Config) -> None:
         except (KeyError, ValueError, TypeError) as err:
             message = err.args[0] if err.args else str(err)
             raise ConfigError(f"{key}: {message}") from None
-
-
-def _class_weights(cfg: Config) -> dict[str, Any]:
-    return {"class_weights": list(cfg.loss.weights)} if cfg.loss.weights is not None else {}
 
 
 def _dummy_optimizer(cfg: Config, optim: Any) -> Any:

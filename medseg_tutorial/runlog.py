@@ -113,7 +113,7 @@ class RunLog:
         save_checkpoint(self.run_dir / "best.pt", model, class_names=self.class_names,
                         normalization={"mean": mean, "std": std, "input_norm": cfg.model.input_norm},
                         provenance={"dataset": cfg.data.dataset, "strategy": cfg.strategy.name, "epoch": epoch,
-                                    "val_dice": score, "git_commit": git_commit()},
+                                    "val_dice": score, "git_commit": self.info.get("git_commit", "unknown")},
                         extra={"config": cfg.to_dict(), "loss_mode": cfg.loss.mode, "size": list(cfg.data.size)})
 
     def last_good_checkpoint(self) -> str:

@@ -34,3 +34,14 @@ def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Every test session gets its own cache unless MEDSEG_CACHE_DIR is set explicitly."""
     if "MEDSEG_CACHE_DIR" not in os.environ:
         os.environ["MEDSEG_CACHE_DIR"] = str(tmp_path_factory.mktemp("medseg-cache"))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Two CI cores shared with other jobs: one intra-op thread is faster and reproducible."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

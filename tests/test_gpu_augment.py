@@ -50,12 +50,7 @@ FRACTION_TOL = 0.05  # flip and no-affine fractions
 CONTINUOUS = ("area", "angle", "mean", "std")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 # --- helpers (tests/test_gpu.py reuses them on CUDA) -----------------------------------------------

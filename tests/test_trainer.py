@@ -33,13 +33,7 @@ BATCH_INDEPENDENT = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two CI cores shared with other jobs: one intra-op thread is faster and reproducible."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def _cfg(*overrides: str):
