@@ -90,7 +90,7 @@ COLUMNS = (
     "n_train_patients", "seed", "loss", "loss_mode", "optimizer", "lr", "split", "n_test_patients", "test_dice",
 )
 TAIL_COLUMNS = (
-    "val_dice_best", "best_epoch", "epochs", "wall_time_s", "hardware", "commit", "package_version", "config",
+    "val_dice_best", "best_epoch", "epochs", "stopped_early", "wall_time_s", "hardware", "commit", "package_version", "config",
 )
 
 
@@ -112,6 +112,7 @@ class Experiment:
     description: str = ""
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> config sections
     smoke: dict[str, Any] = field(default_factory=dict)  # extra dotted overrides in smoke mode
+    budget: dict[str, Any] = field(default_factory=dict)  # the compute plan's measured figures (see compute_plan)
 
 
 @dataclass
@@ -164,7 +165,7 @@ def load_experiment(name: str | os.PathLike, preset: str | None = None) -> Exper
     path = find_experiment(name)
     spec = yaml.safe_load(path.read_text()) or {}
     known = {"name", "description", "base", "base_preset", "config", "grid", "presets", "sources", "smoke",
-             "results"}
+             "results", "budget"}
     unknown = set(spec) - known
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)} (known: {', '.join(sorted(known))})")
@@ -174,9 +175,14 @@ def load_experiment(name: str | os.PathLike, preset: str | None = None) -> Exper
     if preset is not None and preset not in presets:
         raise ConfigError(f"preset: {path.name} has no preset {preset!r} (it has: {', '.join(presets) or 'none'})")
     chosen = presets.get(preset, {}) if preset else {}
-    unknown = set(chosen) - {"config", "grid", "results", "sources", "smoke"}
+    unknown = set(chosen) - {"config", "grid", "results", "sources", "smoke", "budget"}
     if unknown:
-        raise ConfigError(f"presets.{preset}: unknown keys {sorted(unknown)} (known: config, grid, results, sources, smoke)")
+        raise ConfigError(f"presets.{preset}: unknown keys {sorted(unknown)} "
+                          "(known: budget, config, grid, results, sources, smoke)")
+    budget = {**(spec.get("budget") or {}), **(chosen.get("budget") or {})}
+    unknown = set(budget) - set(BUDGET_KEYS)
+    if unknown:
+        raise ConfigError(f"{path.name}: budget: unknown keys {sorted(unknown)} (known: {', '.join(BUDGET_KEYS)})")
 
     config: dict[str, Any] = {}
     if spec.get("base"):  # start from a configs/*.yaml (its own preset applied, defaults filled in)
@@ -194,8 +200,59 @@ def load_experiment(name: str | os.PathLike, preset: str | None = None) -> Exper
     return Experiment(
         name=str(spec.get("name", path.stem)), path=path, preset=preset, config=config, grid=grid, results=results,
         description=str(spec.get("description", "")).strip(), sources=sources,
-        smoke={**(spec.get("smoke") or {}), **(chosen.get("smoke") or {})},
+        smoke={**(spec.get("smoke") or {}), **(chosen.get("smoke") or {})}, budget=budget,
     )
+
+
+# ==================================================================================================
+# The compute plan
+# ==================================================================================================
+
+# budget keys: step_seconds (one optimizer step, measured), eval_seconds (one validation pass),
+# test_seconds (the final test scoring), cpu_hours (this experiment's share of the campaign), note
+BUDGET_KEYS = ("step_seconds", "eval_seconds", "test_seconds", "cpu_hours", "note")
+
+
+def _run_cap(raw: dict[str, Any]) -> tuple[int | None, int]:
+    """(most optimizer steps, most validations) of a run, from its train section (None: no step cap)."""
+    epochs = int(get_dotted(raw, "train.epochs") or 1)
+    per_epoch = get_dotted(raw, "train.max_steps_per_epoch")
+    val_every = int(get_dotted(raw, "train.val_every") or 1)
+    return (epochs * int(per_epoch) if per_epoch else None), -(-epochs // val_every)
+
+
+def compute_plan(exp: Experiment, planned: list[RunSpec], finished: list[dict[str, str]]) -> str:
+    """What the pending runs will cost, in CPU-hours (one torch thread per run), before any starts.
+
+    The upper bound trains every pending run to its step cap at the measured ``budget.step_seconds``
+    (early stopping usually ends a run sooner); the estimate uses the mean wall time of the runs
+    already in the table when there are some. Source runs are not counted.
+    """
+    b = exp.budget
+    done_ids = {r.get("run_id") for r in finished}
+    pending = [spec for spec in planned if spec.run_id not in done_ids]
+    lines = [f"compute plan for {exp.name} ({exp.preset or 'no preset'}): {len(planned)} runs, "
+             f"{len(planned) - len(pending)} done, {len(pending)} to run"]
+    step = b.get("step_seconds")
+    if step is None:
+        lines.append("  no budget.step_seconds in the experiment file: no CPU-hour estimate")
+        return "\n".join(lines)
+    caps = [_run_cap(spec.raw) for spec in pending]
+    if all(steps is not None for steps, _ in caps):
+        seconds = sum(steps * float(step) + vals * float(b.get("eval_seconds", 0)) + float(b.get("test_seconds", 0))
+                      for steps, vals in caps)
+        longest = max((steps for steps, _ in caps), default=0)
+        lines.append(f"  upper bound {seconds / 3600:.1f} CPU-hours: every run to its step cap (at most {longest} "
+                     f"steps) at {float(step):.2f} s per step, {b.get('eval_seconds', 0)} s per validation")
+    walls = [float(r["wall_time_s"]) for r in finished if r.get("wall_time_s") not in (None, "")]
+    if walls and pending:
+        mean = sum(walls) / len(walls)
+        lines.append(f"  the {len(walls)} finished runs took {mean:.0f} s each on average: about "
+                     f"{mean * len(pending) / 3600:.1f} CPU-hours still to go")
+    if b.get("cpu_hours") is not None:
+        lines.append(f"  budget of this experiment: {b['cpu_hours']} CPU-hours" +
+                     (f" ({b['note']})" if b.get("note") else ""))
+    return "\n".join(lines)
 
 
 # ==================================================================================================
@@ -431,7 +488,7 @@ def _row(exp: Experiment, spec: RunSpec, cfg: Config, run_dir: Path) -> tuple[di
         "seed": cfg.train.seed, "loss": cfg.loss.name, "loss_mode": cfg.loss.mode, "optimizer": cfg.optim.name,
         "lr": info.get("lr", cfg.optim.lr), "split": cfg.data.split_mode, **test,
         "val_dice_best": info.get("best_score"), "best_epoch": info.get("best_epoch"),
-        "epochs": info.get("epochs_run"), "wall_time_s": info.get("wall_time_s"), "hardware": hardware_label(info.get("hardware", {})),
+        "epochs": info.get("epochs_run"), "stopped_early": info.get("stopped_early"), "wall_time_s": info.get("wall_time_s"), "hardware": hardware_label(info.get("hardware", {})),
         "commit": info.get("git_commit", "unknown"), "package_version": info.get("package_version", __version__),
         "config": json.dumps(spec.overrides, sort_keys=True, separators=(",", ":"), default=str),
     }
@@ -555,7 +612,9 @@ def run_experiment(
             if not dry_run:
                 raise
             say(f"note: {err}")  # a dry run reports what a real one would refuse
-    finished = {r.get("run_id") for r in read_rows(results)}
+    rows = read_rows(results)
+    say(compute_plan(exp, planned, rows))
+    finished = {r.get("run_id") for r in rows}
     for i, spec in enumerate(planned, 1):
         label = f"[{i}/{len(planned)}] {spec.run_id} {json.dumps(spec.overrides, default=str)}"
         if spec.run_id in finished:
@@ -575,6 +634,7 @@ def run_experiment(
             row, patients = _row(exp, spec, cfg, run_dir)
             append_patient_rows(results, patients)
             append_row(results, row)
+            write_curves(results, root)  # after every run: a table committed mid-sweep has its curves
         except Exception as exc:
             if not keep_going:
                 raise
