@@ -46,7 +46,7 @@ run() {  # run EXPERIMENT SHARD [--where ...]: one shard of one experiment at th
 }
 
 for name in "${experiments[@]}"; do
-    run "$name" 0/1 --dry-run | head -n 4  # the compute plan, before anything starts
+    run "$name" 0/1 --dry-run | sed -n "1,/^\[/p"  # the compute plan, before anything starts
 done
 
 shard() {  # shard K: every experiment, seed by seed
