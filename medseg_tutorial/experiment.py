@@ -113,6 +113,7 @@ class Experiment:
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> config sections
     smoke: dict[str, Any] = field(default_factory=dict)  # extra dotted overrides in smoke mode
     budget: dict[str, Any] = field(default_factory=dict)  # the compute plan's measured figures (see compute_plan)
+    tune: dict[str, Any] = field(default_factory=dict)  # {axis, seed}: later seeds run each label's best value
 
 
 @dataclass
@@ -123,6 +124,7 @@ class RunSpec:
     overrides: dict[str, Any]  # dotted key -> value, what distinguishes this run
     raw: dict[str, Any]  # the complete config mapping (before ``load_config``)
     label: str = ""  # the ``label`` of its mapping values, e.g. "sgd-nnunet" (the table's ``arm`` column)
+    points: dict[str, Any] = field(default_factory=dict)  # axis -> the value this run takes on it
 
 
 def _search_folders() -> list[Path]:
@@ -165,7 +167,7 @@ def load_experiment(name: str | os.PathLike, preset: str | None = None) -> Exper
     path = find_experiment(name)
     spec = yaml.safe_load(path.read_text()) or {}
     known = {"name", "description", "base", "base_preset", "config", "grid", "presets", "sources", "smoke",
-             "results", "budget"}
+             "results", "budget", "tune"}
     unknown = set(spec) - known
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)} (known: {', '.join(sorted(known))})")
@@ -197,8 +199,14 @@ def load_experiment(name: str | os.PathLike, preset: str | None = None) -> Exper
     results = chosen.get("results", spec.get("results"))
     if results is not None:  # relative to the project, so the table lands in book/results from any cwd
         results = _project_root(path) / results
+    tune = spec.get("tune") or {}
+    if tune and (set(tune) != {"axis", "seed"} or tune["axis"] not in grid or "train.seed" not in grid
+                 or tune["seed"] not in grid["train.seed"]):
+        raise ConfigError(f"{path.name}: tune: expected {{axis: AXIS, seed: SEED}} with AXIS a grid axis and SEED "
+                          f"one of grid train.seed, got {tune}")
     return Experiment(
         name=str(spec.get("name", path.stem)), path=path, preset=preset, config=config, grid=grid, results=results,
+        tune=dict(tune),
         description=str(spec.get("description", "")).strip(), sources=sources,
         smoke={**(spec.get("smoke") or {}), **(chosen.get("smoke") or {})}, budget=budget,
     )
@@ -221,18 +229,21 @@ def _run_cap(raw: dict[str, Any]) -> tuple[int | None, int]:
     return (epochs * int(per_epoch) if per_epoch else None), -(-epochs // val_every)
 
 
-def compute_plan(exp: Experiment, planned: list[RunSpec], finished: list[dict[str, str]]) -> str:
+def compute_plan(exp: Experiment, planned: list[RunSpec], finished: list[dict[str, str]],
+                 later: list[RunSpec] = ()) -> str:
     """What the pending runs will cost, in CPU-hours (one torch thread per run), before any starts.
 
     The upper bound trains every pending run to its step cap at the measured ``budget.step_seconds``
     (early stopping usually ends a run sooner); the estimate uses the mean wall time of the runs
-    already in the table when there are some. Source runs are not counted.
+    already in the table when there are some. Source runs are not counted; ``later`` runs (waiting
+    for a tuning seed, see :func:`tuned`) are.
     """
     b = exp.budget
     done_ids = {r.get("run_id") for r in finished}
-    pending = [spec for spec in planned if spec.run_id not in done_ids]
-    lines = [f"compute plan for {exp.name} ({exp.preset or 'no preset'}): {len(planned)} runs, "
-             f"{len(planned) - len(pending)} done, {len(pending)} to run"]
+    pending = [spec for spec in planned if spec.run_id not in done_ids] + list(later)
+    lines = [f"compute plan for {exp.name} ({exp.preset or 'no preset'}): {len(planned) + len(later)} runs, "
+             f"{len(planned) - len(pending) + len(later)} done, {len(pending)} to run"
+             + (f" ({len(later)} of them after the tuning seed)" if later else "")]
     step = b.get("step_seconds")
     if step is None:
         lines.append("  no budget.step_seconds in the experiment file: no CPU-hour estimate")
@@ -293,11 +304,42 @@ def expand_grid(exp: Experiment, smoke: bool = False) -> list[RunSpec]:
         if smoke and get_dotted(raw, "optim.lr_find") is not None:
             set_dotted(raw, "optim.lr_find.num_iter", SMOKE_LR_FIND_ITERATIONS)
         label = "+".join(str(v["label"]) for _, v in combo if isinstance(v, dict) and "label" in v)
-        spec = RunSpec(run_id(raw), overrides, raw, label)
+        spec = RunSpec(run_id(raw), overrides, raw, label, {axis: value for axis, value in combo})
         if spec.run_id not in seen:  # two combinations may coincide (e.g. a mapping value repeats a key)
             seen.add(spec.run_id)
             runs.append(spec)
     return runs
+
+
+def tuned(exp: Experiment, planned: list[RunSpec], rows: list[dict[str, str]]) -> tuple[list[RunSpec], list[RunSpec]]:
+    """With ``tune: {axis, seed}``: the runs of the other seeds at each label's best value on validation.
+
+    The tuning seed runs every value of ``axis`` (e.g. three learning rates per optimizer, values with
+    the same ``label``); the other seeds run only the value whose tuning-seed run has the best
+    ``val_dice_best`` (never a test column), so an optimizer is compared at its own chosen rate at a
+    third of the cost of a full grid. Returns the runs to keep, and one stand-in run per (label,
+    other seed) still waiting for its label's tuning runs (left out until those rows exist).
+    """
+    if not exp.tune:
+        return planned, []
+    axis, seed = exp.tune["axis"], exp.tune["seed"]
+    score = {r.get("run_id"): float(r["val_dice_best"]) for r in rows if r.get("val_dice_best") not in (None, "")}
+    grid = expand_grid(exp)
+    best: dict[str, Any] = {}
+    waiting: set[str] = set()
+    for label in {spec.label for spec in grid}:
+        tuning = [s for s in grid if s.label == label and s.overrides.get("train.seed") == seed]
+        if any(s.run_id not in score for s in tuning):
+            waiting.add(label)
+        elif tuning:
+            best[label] = max(tuning, key=lambda s: score[s.run_id]).points[axis]
+    keep = [spec for spec in planned if spec.overrides.get("train.seed") == seed
+            or (spec.label in best and spec.points[axis] == best[spec.label])]
+    later: dict[tuple[str, str], RunSpec] = {}
+    for spec in planned:
+        if spec.label in waiting and spec.overrides.get("train.seed") != seed:
+            later.setdefault((spec.label, json.dumps(spec.overrides.get("train.seed"))), spec)
+    return keep, [later[k] for k in sorted(later)]
 
 
 def check_config(spec: RunSpec) -> Config:
@@ -613,7 +655,9 @@ def run_experiment(
                 raise
             say(f"note: {err}")  # a dry run reports what a real one would refuse
     rows = read_rows(results)
-    say(compute_plan(exp, planned, rows))
+    planned, later = tuned(exp, planned, rows)
+    report.planned = planned
+    say(compute_plan(exp, planned, rows, later))
     finished = {r.get("run_id") for r in rows}
     for i, spec in enumerate(planned, 1):
         label = f"[{i}/{len(planned)}] {spec.run_id} {json.dumps(spec.overrides, default=str)}"

@@ -28,6 +28,7 @@ from medseg_tutorial.experiment import (
     read_rows,
     run_experiment,
     run_id,
+    tuned,
 )
 from medseg_tutorial.results import load_curves
 
@@ -92,8 +93,10 @@ def test_grids_have_the_promised_shape() -> None:
     labels = {spec.label for spec in expand_grid(load_experiment("optimizers", "cpu"))}
     assert labels == {"adamw-lr-finder", "sgd", "sgd-nnunet", "adam", "adamw", "rmsprop"}
     assert {v["loss.mode"] for v in values("activation", "head")} == {"multiclass", "multilabel", "region"}
-    for name in SIX:
-        assert values(name, "train.seed") == [0, 1, 2]
+    for name in SIX:  # a seed may carry its own patient split (losses: 14 patients)
+        assert [v["train.seed"] if isinstance(v, dict) else v for v in values(name, "train.seed")] == [0, 1, 2]
+    assert all(v["data.seed"] == v["train.seed"] for v in values("losses", "train.seed"))
+    assert load_experiment("optimizers", "cpu").tune == {"axis": "arm", "seed": 0}
 
 
 @pytest.mark.parametrize(
@@ -269,6 +272,31 @@ def test_the_compute_plan_bounds_the_pending_runs_from_the_measured_step_time(tm
     assert "about 2.0 CPU-hours still to go" in compute_plan(exp, planned, done)  # 1 pending x 7200 s
     with pytest.raises(ConfigError, match="budget: unknown keys"):
         load_experiment(_write_experiment(tmp_path / "bad", budget={"step_secs": 1}), "cpu")
+
+
+def test_tuning_runs_later_seeds_only_at_each_arms_value_chosen_on_validation(tmp_path: Path) -> None:
+    arms = [{"label": "a", "optim.lr": 1e-3}, {"label": "a", "optim.lr": 1e-2}, {"label": "b", "optim.name": "sgd"}]
+    path = _write_experiment(tmp_path, grid={"train.seed": [0, 1, 2], "arm": arms}, tune={"axis": "arm", "seed": 0})
+    exp = load_experiment(path, "cpu")
+    grid = expand_grid(exp)
+    assert len(grid) == 9
+    seed0 = {(s.label, s.overrides.get("optim.lr")): s.run_id for s in grid if s.points["train.seed"] == 0}
+    keep, waiting = tuned(exp, grid, [])
+    assert [s.points["train.seed"] for s in keep] == [0, 0, 0]
+    assert [(s.label, s.points["train.seed"]) for s in waiting] == [("a", 1), ("a", 2), ("b", 1), ("b", 2)]
+    assert "7 runs, 0 done, 7 to run (4 of them after the tuning seed)" in compute_plan(exp, keep, [], waiting)
+    # the larger LR wins on validation (its test score is worse: test never decides)
+    rows = [{"run_id": seed0[("a", 1e-3)], "val_dice_best": "0.70", "test_dice": "0.9"},
+            {"run_id": seed0[("a", 1e-2)], "val_dice_best": "0.80", "test_dice": "0.1"}]
+    keep, waiting = tuned(exp, grid, rows)
+    assert [s.label for s in waiting] == ["b", "b"]
+    assert {(s.label, s.overrides.get("optim.lr"), s.points["train.seed"]) for s in keep if s.points["train.seed"]} \
+        == {("a", 1e-2, 1), ("a", 1e-2, 2)}
+    rows.append({"run_id": seed0[("b", None)], "val_dice_best": "0.5"})
+    keep, waiting = tuned(exp, grid, rows)
+    assert len(keep) == 3 + 2 * 2 and waiting == []
+    with pytest.raises(ConfigError, match="tune: expected"):
+        load_experiment(_write_experiment(tmp_path / "bad", tune={"axis": "nope", "seed": 0}), "cpu")
 
 
 def test_source_weights_and_lr_finder(tmp_path: Path) -> None:
