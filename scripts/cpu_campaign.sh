@@ -55,7 +55,7 @@ run() {  # run EXPERIMENT SHARD [ARGS]: one shard of one experiment, in its tabl
 
 for name in "${experiments[@]}"; do  # the compute plan of each experiment, before anything starts
     echo "$name at $(basename "${worktree[$name]}"):"
-    run "$name" 0/1 --dry-run | sed -n "/^\[/q;p"
+    run "$name" 0/1 --dry-run | sed "/^\[/,\$d"
 done
 
 [ -z "${CAMPAIGN_PLAN_ONLY:-}" ] || exit 0
