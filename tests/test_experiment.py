@@ -20,6 +20,7 @@ from medseg_tutorial.config import ConfigError
 from medseg_tutorial.experiment import (
     _run_cap,
     append_row,
+    check_config,
     compute_plan,
     curves_path,
     expand_grid,
@@ -64,6 +65,13 @@ def test_the_six_experiments_are_shipped_with_cpu_and_gpu_presets() -> None:
         else:  # the short presets of the first round, until they are re-run
             assert cpu.results == REPO / "book" / "results" / f"{path.stem}.csv"
             assert "Cost (cpu preset)" in path.read_text(), f"{path.name}: state the CPU cost estimate"
+
+
+@pytest.mark.parametrize("preset", ["cpu", "gpu"])
+def test_every_run_of_every_shipped_grid_is_a_valid_config(preset: str) -> None:
+    for path in EXPERIMENTS:  # a typo in one arm fails here, not hours into a campaign
+        for spec in expand_grid(load_experiment(path, preset)):
+            check_config(spec)
 
 
 def test_grids_have_the_promised_shape() -> None:
