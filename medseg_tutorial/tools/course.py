@@ -250,7 +250,7 @@ without outputs; run them top to bottom. Files they read (result tables, figures
 
 ```bash
 python -m venv .venv && source .venv/bin/activate
-pip install "medseg-tutorial[book] @ git+https://github.com/medseg-tutorial/medseg-tutorial" jupyterlab
+pip install "medseg-tutorial[notebook] @ git+https://github.com/medseg-tutorial/medseg-tutorial" jupyterlab
 jupyter lab
 ```
 
