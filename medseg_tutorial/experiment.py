@@ -556,6 +556,27 @@ def append_patient_rows(results: Path, rows: list[dict[str, Any]]) -> None:
         write_csv(out, [*old, *({k: _csv_value(v) for k, v in r.items()} for r in rows)], PATIENT_COLUMNS)
 
 
+def failed_path(results: Path) -> Path:
+    """Where the runs that failed are listed: ``NAME.csv`` -> ``NAME_failed.csv``."""
+    return results.with_name(f"{results.stem}_failed.csv")
+
+
+def record_failure(results: Path, spec: RunSpec, error: str | None) -> None:
+    """List a failed run (with its error) in ``NAME_failed.csv``, or strike it when it has now finished.
+
+    Failed runs are reported apart from the results table, never averaged into it.
+    """
+    out = failed_path(results)
+    if error is None and not out.is_file():
+        return
+    with _locked(out):
+        rows = [r for r in read_rows(out) if r.get("run_id") != spec.run_id]
+        if error is not None:
+            rows.append({"run_id": spec.run_id, "arm": spec.label, "error": error, "commit": git_commit(),
+                         "config": json.dumps(spec.overrides, sort_keys=True, separators=(",", ":"), default=str)})
+        write_csv(out, rows, ["run_id", "arm", "error", "commit", "config"])
+
+
 def curves_path(results: Path) -> Path:
     """Where the per-epoch curves of a results table go: ``NAME.csv`` -> ``NAME_curves.csv``."""
     return results.with_name(f"{results.stem}_curves.csv")
@@ -683,8 +704,10 @@ def run_experiment(
             if not keep_going:
                 raise
             report.failed[spec.run_id] = f"{type(exc).__name__}: {exc}"
+            record_failure(results, spec, report.failed[spec.run_id])
             say(f"{label}: FAILED {report.failed[spec.run_id]}")
             continue
+        record_failure(results, spec, None)
         report.done.append(spec.run_id)
         say(f"{label}: done in {time.perf_counter() - started:.0f}s -> {results}")
     if not dry_run and results.is_file():

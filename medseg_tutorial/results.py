@@ -40,6 +40,7 @@ from .paths import REPO
 __all__ = [
     "aggregate",
     "describe_differences",
+    "diverged",
     "load_curves",
     "load_results",
     "mean_std_table",
@@ -156,14 +157,32 @@ def order_levels(values: Sequence[Any] | pd.Series, column: str | None = None) -
     return preferred + rest
 
 
+# A run whose best validation Dice stays below this never learned to segment the foreground: it
+# diverged (or its learning rate was far off) and is reported apart, not averaged in. Decided on
+# validation, so the test split never chooses which runs count.
+DIVERGED_BELOW = 0.1
+
+
+def diverged(df: pd.DataFrame, floor: float = DIVERGED_BELOW) -> pd.Series:
+    """Which runs diverged: best validation Dice missing, not finite, or below ``floor``.
+
+    Used in chapters 6 and 7.
+    """
+    score = pd.to_numeric(df["val_dice_best"], errors="coerce") if "val_dice_best" in df else pd.Series(
+        np.nan, index=df.index)
+    return ~np.isfinite(score) | (score < floor)
+
+
 def aggregate(
-    df: pd.DataFrame, by: Sequence[str], metric: str | Sequence[str] = "test_dice"
+    df: pd.DataFrame, by: Sequence[str], metric: str | Sequence[str] = "test_dice", drop_diverged: bool = True
 ) -> pd.DataFrame:
     """Mean, standard deviation (over runs, i.e. seeds) and run count of ``metric`` per group.
 
     One metric gives the columns ``mean, std, n``; several give ``<metric>_mean, <metric>_std``
     and one ``n``. ``std`` is the sample standard deviation (ddof=1), NaN for a single run.
     ``n_train_patients`` (when present and not grouped on) is carried along as its group mean.
+    Runs that :func:`diverged` are left out of the statistics (``drop_diverged``) and counted in
+    ``n_diverged``, so one run that never learned cannot turn a cell into "0.54 ± 0.45".
 
     Used in chapter 9.
     """
@@ -172,10 +191,13 @@ def aggregate(
     missing = [c for c in [*by, *metrics] if c not in df.columns]
     if missing:
         raise KeyError(f"columns {missing} not in the table; it has {list(df.columns)}")
-    grouped = df.groupby(by, sort=False, dropna=False)
+    bad = diverged(df) if drop_diverged and "val_dice_best" in df else pd.Series(False, index=df.index)
+    kept = df.assign(**{m: df[m].where(~bad) for m in metrics})  # NaN: not counted, the group stays
+    grouped = kept.groupby(by, sort=False, dropna=False)
     out = grouped[metrics].agg(["mean", "std"])
     out.columns = [stat if len(metrics) == 1 else f"{m}_{stat}" for m, stat in out.columns]
     out["n"] = grouped[metrics[0]].count()
+    out["n_diverged"] = bad.groupby([df[c] for c in by], sort=False, dropna=False).sum().reindex(out.index).values
     if "n_train_patients" in df.columns and "n_train_patients" not in by:
         out["n_train_patients"] = grouped["n_train_patients"].mean()
     out = out.reset_index()

@@ -388,3 +388,26 @@ def test_a_table_is_never_mixed_from_two_commits(tmp_path: Path) -> None:
     assert len(redone.done) == 1  # the stale seed-0 row, trained again
     commits = {r["commit"] for r in read_rows(tmp_path / "results.csv")}
     assert len(commits) == 1 and "0" * 40 not in commits
+
+
+def test_a_failed_run_is_listed_apart_and_struck_off_when_it_succeeds(tmp_path: Path, monkeypatch) -> None:
+    import medseg_tutorial.experiment as experiment
+
+    path = _write_experiment(tmp_path)
+    results = tmp_path / "results.csv"
+    real = experiment._train_once
+    first_seed = expand_grid(load_experiment(path, "cpu"))[0].run_id
+
+    def flaky(cfg, run_dir, progress):
+        if run_dir.name == first_seed:
+            raise FloatingPointError("loss is NaN at step 3")
+        real(cfg, run_dir, progress)
+
+    monkeypatch.setattr(experiment, "_train_once", flaky)
+    report = run_experiment(path, "cpu", run_root=tmp_path / "runs", progress=False, say=_quiet)
+    assert list(report.failed) == [first_seed] and len(read_rows(results)) == 1  # not in the table
+    (failed,) = read_rows(experiment.failed_path(results))
+    assert failed["run_id"] == first_seed and "loss is NaN" in failed["error"] and failed["commit"]
+    monkeypatch.setattr(experiment, "_train_once", real)
+    again = run_experiment(path, "cpu", run_root=tmp_path / "runs", progress=False, say=_quiet)
+    assert again.done == [first_seed] and read_rows(experiment.failed_path(results)) == []

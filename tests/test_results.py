@@ -203,3 +203,18 @@ def test_select_on_validation_picks_each_arms_best_choice_without_looking_at_tes
     chosen = results.select_on_validation(df, "optimizer", "lr")
     assert chosen.attrs["selected"] == {"adam": 1e-3, "sgd": 0.1}
     assert len(chosen) == 4 and set(chosen["test_dice"]) == {0.1, 0.2}
+
+
+def test_diverged_runs_are_counted_apart_not_averaged_in() -> None:
+    # rmsprop seed 2 never learned (validation Dice 0.01): it must not turn the cell into 0.54 +- 0.45
+    df = pd.DataFrame({"optimizer": ["rmsprop"] * 3 + ["adam"] * 3, "seed": [0, 1, 2] * 2,
+                       "test_dice": [0.80, 0.82, 0.0, 0.85, 0.84, 0.86],
+                       "val_dice_best": [0.81, 0.83, 0.01, 0.86, 0.85, float("nan")]})
+    assert results.diverged(df).tolist() == [False, False, True, False, False, True]  # NaN: no best either
+    agg = results.aggregate(df, ["optimizer"]).set_index("optimizer")
+    assert agg.loc["rmsprop", "mean"] == pytest.approx(0.81) and agg.loc["rmsprop", "n"] == 2
+    assert agg.loc["rmsprop", "n_diverged"] == 1 and agg.loc["adam", "n_diverged"] == 1
+    everything = results.aggregate(df, ["optimizer"], drop_diverged=False).set_index("optimizer")
+    assert everything.loc["rmsprop", "mean"] == pytest.approx(0.54) and everything.loc["rmsprop", "n"] == 3
+    table = results.mean_std_table(df.assign(setting="x"), "optimizer", "setting")
+    assert table.loc["rmsprop", "x"] == "0.810 ± 0.014"
