@@ -38,9 +38,22 @@ def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser],
 
 def _data_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="data_cmd", required=True)
-    c = sub.add_parser("check", help="scan a dataset folder (or a registered name) and report every problem")
+    c = sub.add_parser("check", help="scan a dataset folder (or a registered name) and report every problem",
+                       description="Read every file once and report every problem. A folder of your own images "
+                                   "is read as `medseg train --config folder data.path=DIR` would read it; the "
+                                   "options below set what detection would otherwise guess.")
     c.add_argument("target", help="a folder, or a registered dataset name")
-    c.add_argument("--root", help="data root (default: $MEDSEG_DATA_ROOT)")
+    c.add_argument("--root", help="data root of a registered dataset (default: $MEDSEG_DATA_ROOT); not for a folder")
+    c.add_argument("--images", help="image folder inside the target (default: images/, Imgs/, ... or the target)")
+    c.add_argument("--masks", help="mask folder inside the target; the image folder when masks sit beside the images")
+    c.add_argument("--mask-suffix", help="mask name = image name + suffix, e.g. _mask or _Annotation")
+    c.add_argument("--instances", action=argparse.BooleanOptionalAction, default=None,
+                   help="merge NAME<suffix>_1, _2, ... (one mask file per object) into one label map")
+    c.add_argument("--subject", help="grouping rule for the split: stem, folder, or a regex with one (group)")
+    c.add_argument("--stack", action="store_true", help="a subject's same-size images are slices of one volume")
+    c.add_argument("--spacing-csv", help="CSV of per-image pixel spacing in mm, relative to the target")
+    c.add_argument("--spacing-columns", type=lambda text: [c.strip() for c in text.split(",")],
+                   help="its file column, then one or two mm columns, comma-separated (default: file,pixel_mm)")
     s = sub.add_parser("summary", help="counts, shapes and class frequencies of a registered dataset")
     s.add_argument("name")
     s.add_argument("--root")
@@ -49,18 +62,78 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     f = sub.add_parser("fetch", help="download a dataset, or explain how to obtain it")
     f.add_argument("name")
     f.add_argument("--root")
+    r = sub.add_parser("prepare", help="prepare (and cache) the training slices of a config, as `medseg train` would",
+                       description="Read, normalise and resize the data of a config into the prepared-slice cache "
+                                   "and say what was prepared. The cache key covers the importer, its options, the "
+                                   "dataset description and every file's size and modification time.")
+    r.add_argument("items", nargs="*", metavar="[CONFIG] KEY=VALUE",
+                   help="a config and overrides, as for train, e.g. folder data.path=DIR")
+    r.add_argument("--config", help="a YAML config or a shipped name such as folder or lgg")
+    r.add_argument("--root", help="data root of a registered dataset (data.root); not for the folder dataset")
+    r.add_argument("--rebuild", action="store_true", help="prepare afresh even if a cached table matches (data.rebuild)")
+    r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
 
 
-@command("data", "inspect, check and fetch datasets", _data_args)
+_FOLDER_FLAGS = ("images", "masks", "mask_suffix", "instances", "subject", "spacing_csv", "spacing_columns")
+
+
+def _folder_options(args: argparse.Namespace) -> Any:
+    """The folder options given on the command line, or None when none was."""
+    from .data.folder import FolderOptions
+
+    given = {k: getattr(args, k) for k in _FOLDER_FLAGS if getattr(args, k) is not None}
+    if args.stack:
+        given["stack"] = True
+    if not given:
+        return None
+    if "mask_suffix" in given and "masks" not in given and "images" not in given:
+        given["images"] = "."  # a suffix alone: masks beside the images, in the folder itself
+    options = FolderOptions(**given)
+    options._check()
+    return options
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from .tools.check import check_dataset
+
+    report = check_dataset(args.target, root=args.root, options=_folder_options(args))
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def _data_prepare(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    items = list(args.items)
+    config = args.config or (items.pop(0) if items and "=" not in items[0] else None)
+    if config is None:
+        raise ValueError("no config: pass one, e.g. `medseg data prepare folder data.path=DIR` or "
+                         "`medseg data prepare lgg`")
+    items += [f"data.root={args.root}"] if args.root else []
+    cfg = load_config(config, items)
+    cfg.data.rebuild = cfg.data.rebuild or args.rebuild
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    table = cfg.data.prepare(progress=show)
+    counts, cache = table.meta.get("counts", {}), table.meta.get("cache", {})
+    how = "loaded from the cache" if cache.get("loaded_from_cache") else f"prepared in {table.meta['prepare_seconds']:.1f}s"
+    print(f"{table.info.name}: {len(table)} slices of {table.images.shape[2]}x{table.images.shape[3]} "
+          f"({table.images.shape[1]} channel(s): {', '.join(table.info.channel_names)}), {len(table.patients)} "
+          f"patients, {counts.get('cases', '?')} volumes, {counts.get('foreground', '?')} slices with foreground; "
+          f"classes {', '.join(table.info.class_names)}; normaliser {table.meta['params']['normalizer']}")
+    print(f"source: {table.meta.get('source')}")
+    print(f"cache: {cache.get('path')} ({how})")
+    return 0
+
+
+@command("data", "inspect, check, prepare and fetch datasets", _data_args)
 def _data(args: argparse.Namespace) -> int:
     from . import data
     from .tools import catalog
-    from .tools.check import check_dataset
 
     if args.data_cmd == "check":
-        report = check_dataset(args.target, root=args.root)
-        print(report.format())
-        return 0 if report.ok else 1
+        return _data_check(args)
+    if args.data_cmd == "prepare":
+        return _data_prepare(args)
     if args.data_cmd == "summary":
         for key, value in data.summarize_dataset(args.name, root=args.root).items():
             print(f"{key:>16}: {value}")
@@ -174,12 +247,11 @@ def write_table(df: Any, out: Path) -> Path:
 
 def _save_split_overlays(checkpoint: Path, split: str, n: int, device: str) -> Path:
     """Image | truth | prediction rows for ``n`` slices of ``split`` (the patients of split.json)."""
-    from .config import Config
     from .data.splits import load_split, patient_split
-    from .evaluate import Predictor, save_overlays
+    from .evaluate import Predictor, save_overlays, stored_config
 
     predictor = Predictor.load(checkpoint, device)
-    dc = Config.from_dict(predictor.config).data
+    dc = stored_config(predictor).data
     table = dc.prepare()
     saved = checkpoint.parent / "split.json"
     subsets = load_split(saved) if saved.is_file() else patient_split(table, dc.fractions, seed=dc.seed)

@@ -8,8 +8,13 @@ A config file has one mapping per section (``data``, ``model``, ``strategy``, ``
 
 Every value is checked against its type and range; a mistake names the key and, for a misspelt
 key, suggests the closest one. Values left as ``null`` (``model.in_channels``, ``model.classes``,
-``loss.mode``) are filled in from the dataset's registry entry. No pydantic: the type hints of the
-dataclasses below are the schema.
+``loss.mode``, ``data.normalizer``) are filled in from the dataset's registry entry. No pydantic:
+the type hints of the dataclasses below are the schema.
+
+Your own images need no code: ``data.dataset: folder`` with ``data.path: DIR`` and the
+``data.folder`` section (:class:`~medseg_tutorial.data.folder.FolderOptions`, ``configs/folder.yaml``).
+What is detected from the folder (layout, class names, channels) is written into the resolved
+config, so the ``config.yaml`` of a run rebuilds the same dataset in any later process.
 """
 
 from __future__ import annotations
@@ -27,10 +32,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
+from .data.folder import FOLDER, FolderOptions, folder_dataset
+from .data.preprocess import check_normalizer, default_normalizer
+from .data.registry import get_dataset
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .data.types import SliceTable
+    from .data.registry import Dataset
+    from .data.types import DatasetInfo, SliceTable
 
 __all__ = ["Config", "load_config"]
 
@@ -51,8 +60,15 @@ InputNorm = Literal["none", "encoder"]
 class DataConfig:
     """Which dataset, how it is prepared and how patients are split."""
 
-    dataset: str = "phantom"  # a registered dataset name (``medseg data list``)
-    root: str | None = None  # raw-data root; None means $MEDSEG_DATA_ROOT
+    dataset: str = "phantom"  # a registered dataset name (``medseg data list``), or "folder" (your own, data.path)
+    path: str | None = None  # the folder of the "folder" dataset (a path given as data.dataset is read as this)
+    folder: FolderOptions | None = None  # how that folder is read (configs/folder.yaml); None: all detected
+    root: str | None = None  # raw-data root of registered datasets; None means $MEDSEG_DATA_ROOT
+    # intensity normaliser (data.preprocess: scale_8bit, percentile_zscore, minmax, ct_window, none);
+    # None: the default for the dataset's modality, filled in when the config is resolved
+    normalizer: str | None = None
+    normalizer_params: dict[str, Any] = field(default_factory=dict)  # its options, e.g. {low: 1, high: 99}
+    rebuild: bool = False  # prepare the slices afresh even when a cached table matches (medseg data prepare --rebuild)
     size: tuple[int, int] = (64, 64)  # (H, W) every slice is resized to
     crop: tuple[int, int] | None = None  # centre-crop (H, W) of the native slices before resizing
     keep_empty: float = 1.0  # fraction of the TRAINING slices without foreground that are kept (val/test: all)
@@ -77,11 +93,53 @@ class DataConfig:
 
         # every slice is prepared: keep_empty thins out the training rows only (loaders.build_data),
         # so validation sees the empty slices and their false positives too
-        return prepare_dataset(self.dataset, root=self.root, size=self.size, keep_empty=1.0,
-                               cache_dir=self.cache_dir, seed=self.seed, progress=progress, crop=self.crop,
-                               **self.options)
+        return prepare_dataset(self.source(), size=self.size, keep_empty=1.0, cache_dir=self.cache_dir,
+                               seed=self.seed, progress=progress, crop=self.crop, rebuild=self.rebuild,
+                               normalizer=self.normalizer, normalizer_params=self.normalizer_params, **self.options)
+
+    def source(self, root: str | os.PathLike | None = None) -> Dataset:
+        """The dataset this section reads: a registered one under ``root`` (default ``data.root``), or the folder."""
+        if self.dataset != FOLDER:
+            return get_dataset(self.dataset, root if root is not None else self.root)
+        if root is not None:
+            raise ConfigError(f"root {str(root)!r}: a data root applies to registered datasets; the folder dataset "
+                              f"reads data.path ({self.path})")
+        if self.path is None:
+            raise ConfigError("data.path: the folder dataset needs the folder of your images: data.path=DIR")
+        return folder_dataset(self.path, self.folder)
+
+    def normalization(self, info: DatasetInfo | None) -> tuple[str, dict[str, Any]]:
+        """(normaliser, its options) of these slices: ``data.normalizer`` or the default for ``info``'s modality."""
+        method = self.normalizer or default_normalizer(info)
+        params = dict(self.normalizer_params)
+        if method == "ct_window" and self.options.get("window") is not None:
+            params["window"] = self.options["window"]
+        return method, params
 
     def _check(self) -> None:
+        if os.sep in self.dataset or "/" in self.dataset or self.dataset.startswith((".", "~")):
+            # a path where a dataset name belongs: the user's own folder
+            _require(self.path in (None, self.dataset), "data.path", self.path,
+                     f"data.dataset {self.dataset!r} is a path already; give one of the two")
+            self.dataset, self.path = FOLDER, self.dataset
+        if self.dataset == FOLDER:
+            _require(self.root is None, "data.root", self.root,
+                     "the folder dataset reads data.path, not a data root; drop data.root")
+        elif self.folder is not None:
+            raise ConfigError(f"data.folder: only for data.dataset: folder (this config reads the registered "
+                              f"dataset {self.dataset!r})")
+        elif self.path is not None:
+            raise ConfigError(f"data.path: only for data.dataset: folder; registered datasets such as "
+                              f"{self.dataset!r} are found under data.root (got {self.path!r})")
+        try:  # option names need no data either
+            _check_options(self.options)
+        except KeyError as err:
+            raise ConfigError(f"data.options: {err.args[0]}") from None
+        if self.normalizer is not None:
+            try:  # a misspelt normaliser or option fails here, before any data are read
+                check_normalizer(self.normalizer, self.normalization(None)[1])
+            except ValueError as err:
+                raise ConfigError(f"data.normalizer: {err}") from None
         _require(all(s >= 16 for s in self.size), "data.size", self.size, "both sides must be >= 16 pixels")
         _require(self.crop is None or all(s >= 16 for s in self.crop), "data.crop", self.crop,
                  "both sides must be >= 16 pixels")
@@ -264,7 +322,7 @@ class Config:
         scheduler) against its registry, so a typo fails here and not an hour into a run.
         """
         cfg = copy.deepcopy(self)
-        info = _dataset_info(cfg.data.dataset)
+        info = _resolve_dataset(cfg.data)
         if cfg.loss.mode is None:
             cfg.loss.mode = "binary" if info.num_classes == 2 else "multiclass"
         if cfg.loss.name is None:
@@ -289,8 +347,9 @@ class Config:
         return cfg
 
     def format_run_dir(self) -> Path:
-        """``output.run_dir`` with its ``{placeholders}`` filled in."""
-        fields = dict(dataset=self.data.dataset, arch=self.model.arch, encoder=self.model.encoder,
+        """``output.run_dir`` with its ``{placeholders}`` filled in (``{dataset}``: the folder's name for the folder)."""
+        named = self.data.folder.name if self.data.dataset == FOLDER and self.data.folder else None
+        fields = dict(dataset=named or self.data.dataset, arch=self.model.arch, encoder=self.model.encoder,
                       strategy=self.strategy.name, preset=self.preset or "default")
         try:
             return Path(self.output.run_dir.format(**fields))
@@ -562,7 +621,7 @@ def _check_names(cfg: Config) -> None:
         ("optim.scheduler_params", lambda: optim.build_scheduler(
             cfg.optim.scheduler, _dummy_optimizer(cfg, optim), epochs=1, steps_per_epoch=1,
             warmup_steps=cfg.optim.warmup_steps, min_lr_ratio=cfg.optim.min_lr_ratio, **cfg.optim.scheduler_params)),
-        ("data.options", lambda: _check_options(cfg.data.options)),
+        ("data.normalizer", lambda: _check_normalizer(cfg.data)),
     )
     for key, check in checks:
         try:
@@ -580,14 +639,22 @@ def _dummy_optimizer(cfg: Config, optim: Any) -> Any:
                                  momentum=oc.momentum, **oc.params)
 
 
+# prepare_dataset arguments that have a key of their own in the data section
+_OWN_KEYS = {"root": "data.root", "size": "data.size", "keep_empty": "data.keep_empty", "cache_dir": "data.cache_dir",
+             "seed": "data.seed", "crop": "data.crop", "rebuild": "data.rebuild", "normalizer": "data.normalizer",
+             "normalizer_params": "data.normalizer_params"}
+
+
 def _check_options(options: dict[str, Any]) -> None:
     import inspect
 
     from .data.prepare import prepare_dataset
 
-    # what DataConfig already sets has its own key; the rest of prepare_dataset's arguments may go here
-    allowed = set(inspect.signature(prepare_dataset).parameters) - {
-        "name", "root", "size", "keep_empty", "cache_dir", "seed", "progress", "crop"}
+    own = sorted(set(options) & set(_OWN_KEYS))
+    if own:
+        raise KeyError(f"{own[0]!r} has a key of its own: set {_OWN_KEYS[own[0]]} instead")
+    # the rest of prepare_dataset's arguments may go here
+    allowed = set(inspect.signature(prepare_dataset).parameters) - set(_OWN_KEYS) - {"name", "progress"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise KeyError(f"unknown option {unknown[0]!r}{_did_you_mean(unknown[0], allowed)} (known: {', '.join(sorted(allowed))})")
@@ -600,16 +667,33 @@ def diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def _check_normalizer(dc: DataConfig) -> None:
+    """The normaliser filled in from the modality, with the options given (a named one was checked already)."""
+    method, params = dc.normalization(None)  # resolved: dc.normalizer is set
+    if dc.options.get("window") is not None and method != "ct_window":
+        raise ValueError(f"data.options.window is a CT window, but the normaliser is {method!r}")
+    check_normalizer(method, params)
+
+
 # --- dataset lookup ------------------------------------------------------------------------------
 
 
-def _dataset_info(name: str):
-    """The registry entry of ``name``, or a ConfigError listing the registered datasets."""
+def _resolve_dataset(dc: DataConfig) -> DatasetInfo:
+    """The description of the dataset ``dc`` reads; for the folder dataset, ``dc.folder`` and ``dc.path``
+    are completed with what was detected, and ``dc.normalizer`` with the default, so the saved config is explicit."""
     from .data import registry
 
     try:
-        return registry.dataset_info(name)
+        dataset = dc.source()
     except KeyError:
         known = registry.list_datasets()
-        raise ConfigError(f"data.dataset: unknown dataset {name!r}{_did_you_mean(name, known)} "
-                          f"(registered: {', '.join(known)})") from None
+        raise ConfigError(f"data.dataset: unknown dataset {dc.dataset!r}{_did_you_mean(dc.dataset, known)} "
+                          f"(registered: {', '.join(known)}, and 'folder' for your own images with data.path; a "
+                          f"dataset registered by your own code exists only in that Python process: declare it "
+                          f"in the entry-point group {registry.PLUGIN_GROUP!r})") from None
+    if dc.dataset == FOLDER:
+        dc.folder = FolderOptions(**copy.deepcopy(dict(dataset.settings)))
+        dc.path = str(dataset.path)
+    if dc.normalizer is None:
+        dc.normalizer = dc.normalization(dataset.info)[0]
+    return dataset.info

@@ -8,6 +8,11 @@
   repeat the training preprocessing stored with the checkpoint (intensity normalisation of the
   dataset, resizing to the training size) and undo the resizing, with nearest-neighbour sampling
   for the labels, so the output lies on the input's pixel grid.
+
+A checkpoint written by the trainer stands alone: it stores the training config (with the
+normaliser and, for the ``folder`` dataset, every layout option) and the dataset's description, so
+prediction needs neither the dataset registry nor the code that made the dataset, and evaluation
+needs only the data themselves.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from .data.errors import DataError
 from .data.preprocess import normalize_case, pad_or_crop, resize_slices, resized_shape
 from .data.registry import dataset_info
 from .data.splits import load_split, patient_split
-from .data.types import Case, SliceTable
+from .data.types import Case, DatasetInfo, SliceTable
 from .device import autocast, select_device
 from .files import atomic_write
 from .metrics import per_patient_scores, summarize_scores
@@ -110,6 +115,23 @@ class Predictor:
     def dataset(self) -> str | None:
         return self.meta.get("provenance", {}).get("dataset")
 
+    @property
+    def dataset_info(self) -> DatasetInfo:
+        """The training data's description: stored in the checkpoint, else (older checkpoints) from the registry."""
+        stored = self.meta.get("extra", {}).get("dataset_info")
+        if stored:
+            return DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
+        return dataset_info(self.dataset)
+
+    def normalization(self) -> tuple[str, dict[str, Any]]:
+        """(normaliser, options) the training slices were prepared with (``data.normalizer`` of the stored config)."""
+        dc = Config.from_dict(self.config, resolve=False).data
+        if dc.normalizer is not None:
+            return dc.normalization(None)
+        info = self.dataset_info  # a checkpoint from before data.normalizer: the modality's default
+        method, params = dc.normalization(info)
+        return method, params if method == "ct_window" and info.has_raw_hu else {}
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """The input normalisation stored in the checkpoint (identity for ``input_norm: none``)."""
         norm = self.meta["normalization"]
@@ -125,11 +147,10 @@ class Predictor:
         if self.dataset is None or self.size is None:
             raise ValueError("the checkpoint does not store its dataset and training size (it was not written "
                              "by the trainer); prepare the slices yourself and use predict_prepared")
-        # the intensity normalisation of the training data (CT window, 8-bit scaling, MRI z-score)
+        # the intensity normalisation of the training data (CT window, 8-bit scaling, MRI z-score, ...)
         options = self.config.get("data", {}).get("options", {})
-        info = dataset_info(self.dataset)
-        kw = {"window": options["window"]} if "window" in options and info.has_raw_hu else {}
-        image = normalize_case(Case("input", image, None), info, **kw).image
+        method, kw = self.normalization()
+        image = normalize_case(Case("input", image, None), self.dataset_info, method, **kw).image
         hw = image.shape[-2:]
         mode = options.get("resize_mode", "letterbox")
         crop = self.config.get("data", {}).get("crop")
@@ -220,7 +241,7 @@ def evaluate(
     if data is None:
         if not predictor.config:
             raise ValueError(f"{checkpoint} stores no training config; pass a Config or a SliceTable")
-        data = Config.from_dict(predictor.config)
+        data = stored_config(predictor)
     table = data if isinstance(data, SliceTable) else data.data.prepare()
     if table.info.num_classes != len(predictor.class_names):
         raise ValueError(f"the checkpoint has classes {predictor.class_names}, the data {table.info.class_names}")
@@ -264,19 +285,18 @@ def evaluate_volumes(
     then summarises over patients (:func:`summarize_scores`); ``attrs["mean_dice"]`` is its mean
     foreground Dice; ``attrs["eval_slices"] == "all"`` and ``attrs["eval_grid"] == "native"``.
     """
-    from .data.registry import iter_cases
-
     predictor = Predictor.load(checkpoint, device)
     if cfg is None:
         if not predictor.config:
             raise ValueError(f"{checkpoint} stores no training config; pass its Config")
-        cfg = Config.from_dict(predictor.config)
-    info = dataset_info(cfg.data.dataset)
+        cfg = stored_config(predictor)
+    dataset = cfg.data.source(root)
+    info = dataset.info
     if info.num_classes != len(predictor.class_names):
         raise ValueError(f"the checkpoint has classes {predictor.class_names}, the data {info.class_names}")
     wanted = set(_split_patients(None, split, checkpoint, cfg, predictor))
     frames = []
-    for case in iter_cases(cfg.data.dataset, root if root is not None else cfg.data.root):
+    for case in dataset.cases():
         if case.patient_id not in wanted:
             continue
         if case.mask is None:
@@ -315,7 +335,7 @@ def _split_patients(
     if saved.is_file():
         return list(getattr(load_split(saved), split))
     if cfg is None and predictor.config:
-        cfg = Config.from_dict(predictor.config)
+        cfg = stored_config(predictor)
     if cfg is not None and cfg.data.split_file:
         return list(getattr(load_split(cfg.data.split_file), split))
     fractions, seed = (cfg.data.fractions, cfg.data.seed) if cfg is not None else ((0.7, 0.15, 0.15), 0)
@@ -325,8 +345,16 @@ def _split_patients(
 
 
 def _all_patients(cfg: Config | None, predictor: Predictor) -> list[str]:
-    cfg = cfg if cfg is not None else Config.from_dict(predictor.config)
+    cfg = cfg if cfg is not None else stored_config(predictor)
     return cfg.data.prepare().patients
+
+
+def stored_config(predictor: Predictor) -> Config:
+    """The training config stored in the checkpoint, resolved; ``data.rebuild`` is dropped, since a
+    run's data are prepared once, not again at every evaluation."""
+    cfg = Config.from_dict(predictor.config)
+    cfg.data.rebuild = False
+    return cfg
 
 
 # ==================================================================================================
@@ -440,23 +468,30 @@ def predict_folder(
     out_dir: str | os.PathLike,
     *,
     device: str = "auto",
-    exclude: str = "_mask",
+    exclude: str | None = None,
     batch_size: int = 32,
 ) -> list[Path]:
     """Segment every PNG/JPEG/TIFF in ``folder``; write ``out_dir/<name>.png`` label maps (uint8).
 
-    Files whose stem ends with ``exclude`` (masks stored beside their images) are skipped. Each
-    image is normalised with its dataset's method on its own: for MRI z-scoring that is per slice,
-    whereas training z-scored whole volumes, so expect slightly different intensities.
+    Files whose stem ends with ``exclude`` (masks stored beside their images), or with ``exclude``
+    and ``_N`` (one mask per object), are skipped; ``None`` means the mask suffix the model's
+    ``folder`` dataset used, else ``_mask``. Each image is normalised with its dataset's method on
+    its own: for MRI z-scoring that is per slice, whereas training z-scored whole volumes, so expect
+    slightly different intensities.
     """
+    import re
+
     folder, out_dir = Path(folder), Path(out_dir)
+    predictor = Predictor.load(checkpoint, device)
+    if exclude is None:
+        exclude = (predictor.config.get("data", {}).get("folder") or {}).get("mask_suffix") or "_mask"
+    skip = re.compile(rf".*{re.escape(exclude)}(?:_\d+)?") if exclude else None
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-                   and not (exclude and p.stem.endswith(exclude)))
+                   and not (skip and skip.fullmatch(p.stem)))
     if not files:
         raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} images in {folder}")
     from PIL import Image
 
-    predictor = Predictor.load(checkpoint, device)
     out_dir.mkdir(parents=True, exist_ok=True)
     written, failed = [], []
     for path in files:  # a damaged file is reported, and every other file is still segmented

@@ -4,6 +4,7 @@ console lines, TensorBoard events and ``best.pt`` (chapter 8: what a run folder 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -37,6 +38,7 @@ class RunLog:
         self.run_dir, self.cfg, self.main, self.show = run_dir, cfg, dist_info.is_main, show
         self.info: dict[str, Any] = {}
         self.class_names: tuple[str, ...] = ()
+        self.dataset_info: dict[str, Any] = {}
         self.writer = None
         self._lock = ExitStack()
         if self.main:  # two runs never write one folder at once (released in close, or when the process dies)
@@ -62,6 +64,7 @@ class RunLog:
               resumed: bool, extra: dict[str, Any] | None = None) -> None:
         """Write ``config.yaml``, ``split.json`` and ``run.json`` (status ``running``)."""
         self.class_names = data.table.info.class_names
+        self.dataset_info = dataclasses.asdict(data.table.info)  # travels in best.pt: prediction needs no registry
         if not self.main:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -114,7 +117,8 @@ class RunLog:
                         normalization={"mean": mean, "std": std, "input_norm": cfg.model.input_norm},
                         provenance={"dataset": cfg.data.dataset, "strategy": cfg.strategy.name, "epoch": epoch,
                                     "val_dice": score, "git_commit": self.info.get("git_commit", "unknown")},
-                        extra={"config": cfg.to_dict(), "loss_mode": cfg.loss.mode, "size": list(cfg.data.size)})
+                        extra={"config": cfg.to_dict(), "loss_mode": cfg.loss.mode, "size": list(cfg.data.size),
+                               "dataset_info": self.dataset_info})
 
     def last_good_checkpoint(self) -> str:
         last = self.run_dir / "last.pt"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -19,15 +20,30 @@ def test_every_dataset_has_a_config() -> None:
     assert {"phantom", "hippocampus", "acdc", "lgg", "covid_ct"} <= names
 
 
+def _tiny_folder(folder: Path) -> Path:
+    """Three grey images with binary masks beside them: what configs/folder.yaml needs a data.path for."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(3):
+        mask = np.zeros((20, 20), np.uint8)
+        mask[5:9 + k, 5:9] = 255
+        Image.fromarray((mask // 2 + 40).astype(np.uint8)).save(folder / f"scan{k}.png")
+        Image.fromarray(mask).save(folder / f"scan{k}_mask.png")
+    return folder
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
-def test_shipped_configs_and_presets_validate(path: Path) -> None:
+def test_shipped_configs_and_presets_validate(path: Path, tmp_path: Path) -> None:
     presets = (yaml.safe_load(path.read_text()) or {}).get("presets", {})
     assert {"quick", "full"} <= set(presets), f"{path.name} needs a quick and a full preset"
+    # the folder config reads the user's own folder: a tiny one stands in for it
+    base = [f"data.path={_tiny_folder(tmp_path / 'own')}"] if path.stem == "folder" else []
     for preset in [None, *presets]:
-        cfg = load_config(path, preset=preset)
+        cfg = load_config(path, base, preset=preset)
         assert cfg.preset == preset
         assert cfg.model.in_channels >= 1 and cfg.model.classes >= 1 and cfg.loss.mode in ("binary", "multiclass")
-    quick, full = load_config(path, ["preset=quick"]), load_config(path, ["preset=full"])
+    quick, full = load_config(path, [*base, "preset=quick"]), load_config(path, [*base, "preset=full"])
     assert quick.train.device == "cpu" and quick.train.amp == "off"
     assert max(full.data.size) >= 128 and full.train.channels_last and full.train.amp in ("auto", "bf16")
 

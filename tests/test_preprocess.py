@@ -16,6 +16,8 @@ from medseg_tutorial.data.phantom import PHANTOM_INFO, make_phantom_case
 from medseg_tutorial.data.prepare import prepare_dataset
 from medseg_tutorial.data.preprocess import (
     CT_WINDOWS,
+    FALLBACK_NORMALIZER,
+    check_normalizer,
     ct_window,
     default_normalizer,
     list_normalizers,
@@ -26,6 +28,7 @@ from medseg_tutorial.data.preprocess import (
     scale_8bit,
     select_slices,
 )
+from medseg_tutorial.data.registry import Dataset
 from medseg_tutorial.data.types import Case, DatasetInfo
 
 MRI = DatasetInfo("mri_test", "MRI", ("bg", "fg"), ("T1", "T2"), "", "", "")
@@ -94,8 +97,27 @@ def test_normalize_case_picks_by_modality():
         normalize_case(mri, MRI, window=(40, 400))
     with pytest.raises(ValueError, match="unknown normaliser 'nope'"):
         normalize_case(mri, MRI, method="nope")
-    with pytest.raises(ValueError, match="no default normaliser for modality 'PET'"):
-        default_normalizer(DatasetInfo("x", "PET", ("bg",), ("c",), "", "", ""))
+    # modality is free text: one without a rule of its own gets the range-free fallback
+    us = DatasetInfo("x", "US", ("bg", "fg"), ("grey",), "", "", "")
+    assert default_normalizer(us) == FALLBACK_NORMALIZER == "percentile_zscore"
+    scaled = normalize_case(Case("u", np.arange(32, dtype=np.float32).reshape(1, 2, 4, 4) * 7, None), us)
+    assert abs(float(scaled.image.mean())) < 1e-6  # z-scored per channel
+
+
+def test_minmax_none_and_the_normaliser_check():
+    img = np.arange(32, dtype=np.float32).reshape(1, 2, 4, 4) * 100.0
+    out = normalize_case(Case("c", img, None), MRI, method="minmax").image
+    assert out[:, 0].min() == 0 and out[:, 0].max() == 1 and out[:, 1].min() == 0 and out[:, 1].max() == 1
+    np.testing.assert_array_equal(normalize_case(Case("c", img, None), MRI, method="none").image, img)
+    check_normalizer("percentile_zscore", {"low": 1, "high": 99})
+    with pytest.raises(ValueError, match=r"unknown normaliser 'scale8bit'; did you mean 'scale_8bit'"):
+        check_normalizer("scale8bit")
+    with pytest.raises(ValueError, match=r"takes no option 'lo' \(its options: low, high\)"):
+        check_normalizer("percentile_zscore", {"lo": 1})
+    with pytest.raises(ValueError, match="percentiles must satisfy"):
+        check_normalizer("percentile_zscore", {"low": 99, "high": 1})
+    with pytest.raises(ValueError, match="unknown CT window 'lungs'"):
+        check_normalizer("ct_window", {"window": "lungs"})
 
 
 # ---------------------------------------------------------------- resizing
@@ -196,7 +218,7 @@ def test_prepare_phantom_and_load_from_cache(tmp_path, monkeypatch):
     def no_reading(*args, **kwargs):
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(prepare_mod, "iter_cases", no_reading)
+    monkeypatch.setattr(Dataset, "cases", no_reading)
     cached = prepare_dataset("phantom", size=(64, 48), cache_dir=tmp_path, progress=False)
     assert cached.meta["cache"]["loaded_from_cache"]
     for name in ("images", "masks", "patient_ids", "slice_index", "spacing"):
@@ -249,7 +271,7 @@ def test_prepare_rejects_bad_requests(tmp_path, monkeypatch):
     def no_reading(*args, **kwargs):
         raise AssertionError("bad arguments must be caught before reading any case")
 
-    monkeypatch.setattr(prepare_mod, "iter_cases", no_reading)
+    monkeypatch.setattr(Dataset, "cases", no_reading)
     with pytest.raises(ValueError, match="keep_empty"):
         prepare_dataset("msd_hippocampus", keep_empty=2.0, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="unknown resize mode 'crop'"):
@@ -274,7 +296,7 @@ def test_prepare_real_hippocampus_then_from_cache(shared_root, tmp_path, monkeyp
     # 1 mm voxels, upsampled so the longest side fills 64 pixels
     assert (t.spacing < 1.0).all() and np.allclose(t.spacing[:, 0], t.spacing[:, 1], rtol=0.1)
 
-    monkeypatch.setattr(prepare_mod, "iter_cases", lambda *a, **k: pytest.fail("NIfTI read again"))
+    monkeypatch.setattr(Dataset, "cases", lambda *a, **k: pytest.fail("NIfTI read again"))
     start = time.perf_counter()
     cached = prepare_dataset("msd_hippocampus", root=shared_root, size=(64, 64), cache_dir=tmp_path, progress=False)
     warm = time.perf_counter() - start

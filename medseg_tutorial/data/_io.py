@@ -31,6 +31,8 @@ class Item:
     mask: Path  # equals ``image`` when both arrays live in one file (HDF5)
     group: str = ""  # e.g. ACDC phase "frame01" or the official "train"/"test" part
     slice: int | None = None  # slice number of a single-slice file; None for a whole volume
+    extra_masks: tuple[Path, ...] = ()  # more mask files merged into ``mask`` (one file per object instance)
+    spacing: tuple[float, float] | None = None  # in-plane (row, col) mm known from outside the file (a CSV)
 
 
 class Volume(NamedTuple):

@@ -2,9 +2,13 @@
 
 ``prepare_dataset("msd_hippocampus")`` reads every case once, normalises intensities, resizes the
 slices, selects empty slices, and stores the result as one ``.npz`` file in
-``<cache dir>/prepared/``. The file name carries a hash of everything that shapes the result (the
-parameters, the source folder and the code of this data package), so changing any of them prepares
-afresh, and the second call with the same arguments loads the file without touching the raw data.
+``<cache dir>/prepared/``. The file name carries a hash of everything that shapes the result
+(:func:`cache_path`): the parameters and the normaliser, the dataset's description
+(:class:`~.types.DatasetInfo`), its importer and the importer's settings (the ``folder`` dataset's
+options), the source folder, the size and modification time of every file the importer reads, and
+the code of this data package. Changing any of them prepares afresh, and the second call with the
+same arguments loads the file after a ``stat`` of the files, without reading them.
+``rebuild=True`` (``data.rebuild: true``, ``medseg data prepare --rebuild``) prepares afresh anyway.
 
 The cache is written to a temporary file and then renamed, so an interrupted run never leaves a
 half-written cache behind; a damaged cache file is detected, reported with a warning and rebuilt.
@@ -20,6 +24,8 @@ table is bit-identical whether it was just prepared or loaded from the cache.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -28,6 +34,7 @@ import warnings
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -37,14 +44,15 @@ from ..files import atomic_write
 from ..paths import cache_dir as _cache_dir
 from .preprocess import (
     RESIZE_MODES,
+    check_normalizer,
     default_normalizer,
     normalize_case,
     resize_slices,
     resolve_window,
     select_slices,
 )
-from .registry import dataset_info, dataset_path, iter_cases
-from .types import SliceTable
+from .registry import Dataset, get_dataset
+from .types import DatasetInfo, SliceTable
 
 CACHE_FORMAT = 1  # bump when the layout of the .npz changes
 _ARRAYS = ("images", "masks", "patient_ids", "slice_index", "spacing")
@@ -59,20 +67,45 @@ def _code_version() -> str:
     return f"{__version__}+{digest.hexdigest()[:12]}"
 
 
-def _source(name: str, root: str | os.PathLike | None) -> str:
-    if not dataset_info(name).subdir:  # generated datasets (the phantom) read nothing
-        return f"<generated:{name}>"
-    return str(dataset_path(name, root).expanduser().resolve())
+def _describe(fn: Any) -> Any:
+    """A stable description of an importer: module and name of each function, options of each partial."""
+    if isinstance(fn, functools.partial):
+        return {"func": _describe(fn.func), "args": [repr(a) for a in fn.args],
+                "keywords": {k: repr(v) for k, v in sorted(fn.keywords.items())}}
+    if dataclasses.is_dataclass(fn) and not isinstance(fn, type):  # a FileLayout: its two functions
+        return {type(fn).__name__: {f.name: _describe(getattr(fn, f.name)) for f in dataclasses.fields(fn)}}
+    name = getattr(fn, "__qualname__", None)
+    return f"{fn.__module__}:{name}" if name else repr(fn)
 
 
-def cache_path(name: str, params: dict, source: str, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where the prepared table for ``name`` with ``params`` from ``source`` is (or will be) cached."""
+def files_fingerprint(files: list[Path]) -> str:
+    """A hash of the names, sizes and modification times of ``files`` (a missing file counts too)."""
+    digest = hashlib.sha256()
+    for path in files:
+        try:
+            st = path.stat()
+            digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "backslashreplace"))
+        except OSError:
+            digest.update(f"{path}\0missing\n".encode("utf-8", "backslashreplace"))
+    return f"{len(files)}:{digest.hexdigest()[:16]}"
+
+
+def cache_path(dataset: Dataset, params: dict, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the prepared table of ``dataset`` with ``params`` is (or will be) cached.
+
+    The key covers the parameters, the dataset description, the importer and its settings, the
+    source, the size and modification time of every file read (:meth:`Dataset.files`), the code of
+    this data package and the cache format: change any of them and the table is prepared afresh.
+    """
     blob = json.dumps(
-        {"name": name, "params": params, "source": source, "code": _code_version(), "format": CACHE_FORMAT},
-        sort_keys=True,
+        {"name": dataset.info.name, "params": params, "source": dataset.source,
+         "info": dataclasses.asdict(dataset.info), "importer": _describe(dataset.importer),
+         "settings": dataset.settings, "files": files_fingerprint(dataset.files()),
+         "code": _code_version(), "format": CACHE_FORMAT},
+        sort_keys=True, default=repr,
     )
     key = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    return _cache_dir(cache_dir) / "prepared" / f"{name}-{key}.npz"
+    return _cache_dir(cache_dir) / "prepared" / f"{dataset.info.name}-{key}.npz"
 
 
 def _save(table: SliceTable, path: Path) -> None:
@@ -85,7 +118,7 @@ def _save(table: SliceTable, path: Path) -> None:
         )
 
 
-def _load(path: Path, name: str) -> SliceTable:
+def _load(path: Path, info: DatasetInfo) -> SliceTable:
     """Read a cached table; raises ``ValueError`` if the file is damaged or inconsistent."""
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -100,20 +133,19 @@ def _load(path: Path, name: str) -> SliceTable:
     n = len(arrays["images"])
     if any(len(a) != n for a in arrays.values()) or arrays["images"].ndim != 4 or arrays["masks"].ndim != 3:
         raise ValueError(f"inconsistent array shapes {[a.shape for a in arrays.values()]}")
-    if meta.get("dataset") != name:
-        raise ValueError(f"cache holds dataset {meta.get('dataset')!r}, expected {name!r}")
+    if meta.get("dataset") != info.name:
+        raise ValueError(f"cache holds dataset {meta.get('dataset')!r}, expected {info.name!r}")
     meta["cache"] = {"path": str(path), "loaded_from_cache": True}
-    return SliceTable(info=dataset_info(name), meta=meta, **arrays)
+    return SliceTable(info=info, meta=meta, **arrays)
 
 
-def _read_slices(name: str, root: str | os.PathLike | None, normalizer: str, params: dict, crop: tuple[int, int] | None,
+def _read_slices(dataset: Dataset, params: dict, norm_kw: dict, crop: tuple[int, int] | None,
                  progress: bool) -> tuple[dict[str, list], int]:
     """Read, check, normalise and resize every case: per-case arrays of the table's fields, and the case count."""
-    info = dataset_info(name)
-    norm_kw = {"window": tuple(params["window"])} if params["window"] else {}
+    info, name = dataset.info, dataset.info.name
     parts: dict[str, list] = {k: [] for k in _ARRAYS}
     n_cases = 0
-    for case in tqdm(iter_cases(name, root), desc=f"prepare {name}", unit="case", disable=not progress):
+    for case in tqdm(dataset.cases(), desc=f"prepare {name}", unit="case", disable=not progress):
         if case.mask is None:
             raise ValueError(f"{name}: case {case.patient_id} ({case.source}) has no mask; only labelled cases can be prepared")
         if case.mask.min() < 0 or case.mask.max() >= info.num_classes:
@@ -123,7 +155,10 @@ def _read_slices(name: str, root: str | os.PathLike | None, normalizer: str, par
         if case.image.shape[1] != info.in_channels:
             raise ValueError(f"{case.source}: case {case.patient_id} has {case.image.shape[1]} channels, dataset "
                              f"{name!r} has {info.in_channels} ({', '.join(info.channel_names)})")
-        case = normalize_case(case, info, normalizer, **norm_kw)
+        try:
+            case = normalize_case(case, info, params["normalizer"], **norm_kw)
+        except ValueError as err:  # e.g. a 16-bit image under scale_8bit: name the file and the setting
+            raise ValueError(f"{case.source}: normaliser {params['normalizer']!r}: {err} (data.normalizer)") from None
         image, mask, spacing = resize_slices(case.image, case.mask.astype(np.uint8), params["size"],
                                              mode=params["resize_mode"], spacing=case.spacing[1:], crop=crop)
         n = len(image)
@@ -136,8 +171,24 @@ def _read_slices(name: str, root: str | os.PathLike | None, normalizer: str, par
     return parts, n_cases
 
 
+def _normalizer(info: DatasetInfo, normalizer: str | None, normalizer_params: dict | None,
+                window: str | tuple[float, float] | None) -> tuple[str, dict]:
+    """The normaliser's name and keyword arguments, checked (a CT ``window`` only for ``ct_window``)."""
+    method = normalizer or default_normalizer(info)
+    kw = dict(normalizer_params or {})
+    if window is not None:
+        if method != "ct_window":
+            raise ValueError(f"dataset {info.name!r} ({info.modality}) is not CT in Hounsfield units (normaliser "
+                             f"{method!r}); drop `window`")
+        kw["window"] = window
+    if method == "ct_window":
+        kw["window"] = resolve_window(kw.get("window"))
+    check_normalizer(method, kw)
+    return method, kw
+
+
 def prepare_dataset(
-    name: str,
+    name: str | Dataset,
     root: str | os.PathLike | None = None,
     size: tuple[int, int] = (128, 128),
     keep_empty: float = 1.0,
@@ -148,12 +199,15 @@ def prepare_dataset(
     progress: bool = True,
     rebuild: bool = False,
     crop: tuple[int, int] | None = None,
+    normalizer: str | None = None,
+    normalizer_params: dict | None = None,
 ) -> SliceTable:
     """Prepare dataset ``name`` as a :class:`SliceTable` of normalised ``size`` slices, cached on disk.
 
     Args:
-        name: a registered dataset (see ``list_datasets()``).
-        root: data root holding the download layouts (default ``$MEDSEG_DATA_ROOT``).
+        name: a registered dataset (see ``list_datasets()``), or a :class:`~.registry.Dataset` such as
+            :func:`~.folder.folder_dataset` returns.
+        root: data root holding the download layouts (default ``$MEDSEG_DATA_ROOT``); only for a name.
         size: (H, W) of every slice after :func:`resize_slices` with ``resize_mode``.
         keep_empty: fraction of slices without foreground to keep (all foreground slices are kept).
         cache_dir: cache folder (default ``$MEDSEG_CACHE_DIR`` or the OS cache).
@@ -163,10 +217,20 @@ def prepare_dataset(
         rebuild: ignore an existing cache file and prepare afresh.
         crop: first centre-crop (or pad) the native slices to ``(H, W)`` pixels, which zooms in on an
             organ in the middle of the field of view (the heart in ACDC) before the resize to ``size``.
+        normalizer: an intensity normaliser of :mod:`.preprocess` (``scale_8bit``,
+            ``percentile_zscore``, ``minmax``, ``ct_window``, ``none``); ``None``: the default for the
+            dataset's modality (:func:`~.preprocess.default_normalizer`).
+        normalizer_params: its keyword arguments, e.g. ``{"low": 1, "high": 99}``.
 
     Used in chapters 1, 3, 4, 6, 7 and 8.
     """
-    info = dataset_info(name)
+    if isinstance(name, Dataset):
+        if root is not None:
+            raise ValueError(f"root applies to registered dataset names; dataset {name.info.name!r} reads {name.path}")
+        dataset = name
+    else:
+        dataset = get_dataset(name, root)
+    info = dataset.info
     # check cheap arguments now rather than after minutes of reading
     if not 0.0 <= keep_empty <= 1.0:
         raise ValueError(f"keep_empty must be a fraction in [0, 1], got {keep_empty}")
@@ -176,32 +240,32 @@ def prepare_dataset(
         raise ValueError(f"size must be (H, W) with positive sides, got {size}")
     if crop is not None and (len(crop) != 2 or min(crop) < 1):
         raise ValueError(f"crop must be (H, W) with positive sides, got {crop}")
-    normalizer = default_normalizer(info)
-    if window is not None and normalizer != "ct_window":
-        raise ValueError(f"dataset {name!r} ({info.modality}) is not CT in Hounsfield units; drop `window`")
+    method, norm_kw = _normalizer(info, normalizer, normalizer_params, window)
     params = {
         "size": [int(size[0]), int(size[1])],
         "keep_empty": float(keep_empty),
         "seed": int(seed),
         "resize_mode": resize_mode,
-        "normalizer": normalizer,
-        "window": list(resolve_window(window)) if normalizer == "ct_window" else None,
+        "normalizer": method,
+        "window": list(norm_kw["window"]) if method == "ct_window" else None,
     }
-    if crop is not None:  # only when set, so that existing caches keep their keys
+    others = {k: v for k, v in norm_kw.items() if k != "window"}
+    if others:  # only when set, like crop
+        params["normalizer_params"] = others
+    if crop is not None:
         params["crop"] = [int(crop[0]), int(crop[1])]
-    source = _source(name, root)
-    path = cache_path(name, params, source, cache_dir)
+    path = cache_path(dataset, params, cache_dir)
     if path.exists() and not rebuild:
         try:
-            return _load(path, name)
+            return _load(path, info)
         except ValueError as err:
             warnings.warn(f"prepared cache {path} is damaged ({err}); rebuilding it", RuntimeWarning, stacklevel=2)
             path.unlink(missing_ok=True)
 
     start = time.perf_counter()
-    parts, n_cases = _read_slices(name, root, normalizer, params, crop, progress)
+    parts, n_cases = _read_slices(dataset, params, norm_kw, crop, progress)
     if n_cases == 0:
-        raise ValueError(f"{name}: no cases found under {source}")
+        raise ValueError(f"{info.name}: no cases found under {dataset.source}")
     arrays = {k: np.concatenate(parts.pop(k)) for k in _ARRAYS}
     keep, stats = select_slices(arrays["masks"], keep_empty, seed)
     if len(keep) < len(arrays["masks"]):
@@ -210,9 +274,9 @@ def prepare_dataset(
     arrays["patient_ids"] = arrays["patient_ids"].astype(str)
 
     meta = {
-        "dataset": name,
+        "dataset": info.name,
         "params": params,
-        "source": source,
+        "source": dataset.source,
         "counts": {"cases": n_cases, "patients": len(np.unique(arrays["patient_ids"])), **stats},
         "package_version": __version__,
         "code_version": _code_version(),

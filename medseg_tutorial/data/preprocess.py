@@ -1,9 +1,12 @@
 """Preprocessing of imported cases: intensity normalisation, resizing and empty-slice selection.
 
-* Intensities: one normaliser per kind of data, chosen from the dataset's :class:`DatasetInfo`
-  through a small registry: CT in Hounsfield units is *windowed* (a level/width pair that maps a
-  tissue range to [0, 1]); 8-bit CT exports are scaled to [0, 1]; MRI has no absolute scale, so each
-  volume is clipped to its own 0.5-99.5 percentiles and z-scored, channel by channel.
+* Intensities: a small registry of normalisers (``scale_8bit``, ``percentile_zscore``, ``minmax``,
+  ``ct_window``, ``none``), chosen by name (``data.normalizer``) or, when none is named, from the
+  dataset's modality: CT in Hounsfield units is *windowed* (a level/width pair that maps a tissue
+  range to [0, 1]); 8-bit CT exports are scaled to [0, 1]; MRI has no absolute scale, so each
+  volume is clipped to its own 0.5-99.5 percentiles and z-scored, channel by channel; any other
+  modality (free text: US, microscopy, X-ray, ...) falls back to the same percentile z-score, which
+  works whatever the intensity range.
 * Size: networks want one fixed size. ``"letterbox"`` keeps the aspect ratio (resize the longest side,
   then pad), ``"resize"`` stretches, ``"pad"`` only pads (or centre-crops). Masks are resized with
   nearest-neighbour sampling so they never receive in-between label values; spacing follows the
@@ -14,6 +17,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import warnings
 from collections.abc import Callable
 
@@ -21,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..names import did_you_mean
 from .types import Case, DatasetInfo
 
 Normalizer = Callable[..., np.ndarray]  # (image (S, C, H, W), **params) -> float32, same shape
@@ -115,13 +120,60 @@ def percentile_zscore(image: np.ndarray, low: float = 0.5, high: float = 99.5) -
     return out
 
 
+@register_normalizer("minmax")
+def minmax(image: np.ndarray) -> np.ndarray:
+    """Per channel over the whole volume: map the minimum to 0 and the maximum to 1 (16-bit microscopy, X-ray)."""
+    out = np.zeros(image.shape, np.float32)
+    for c in range(image.shape[1]):
+        v = image[:, c].astype(np.float32)
+        lo, hi = float(v.min()), float(v.max())
+        if hi > lo:  # a constant channel stays zeros instead of dividing by zero
+            out[:, c] = (v - lo) / (hi - lo)
+    return out
+
+
+@register_normalizer("none")
+def no_normalization(image: np.ndarray) -> np.ndarray:
+    """Intensities as stored (already normalised data), as float32."""
+    return image.astype(np.float32)
+
+
+# the fallback for a modality without a rule of its own: it needs no known intensity range
+FALLBACK_NORMALIZER = "percentile_zscore"
+
+
 def default_normalizer(info: DatasetInfo) -> str:
-    """The normaliser a dataset gets by default, from its modality and intensity units."""
+    """The normaliser a dataset gets when none is named: from its modality and intensity units.
+
+    CT: ``ct_window`` for Hounsfield units, else ``scale_8bit``; MRI and every other modality (free
+    text such as US, microscopy, X-ray): :data:`FALLBACK_NORMALIZER`.
+    """
     if info.modality == "CT":
         return "ct_window" if info.has_raw_hu else "scale_8bit"
-    if info.modality == "MRI":
-        return "percentile_zscore"
-    raise ValueError(f"dataset {info.name!r}: no default normaliser for modality {info.modality!r}")
+    return FALLBACK_NORMALIZER
+
+
+def check_normalizer(method: str, params: dict | None = None) -> None:
+    """Raise ``ValueError`` unless ``method`` is registered and accepts ``params`` (checked on a tiny image).
+
+    Run when a config loads, so that a misspelt name or option fails at once, not after reading the data.
+    """
+    if method not in _NORMALIZERS:
+        raise ValueError(f"unknown normaliser {method!r}{did_you_mean(method, _NORMALIZERS)} "
+                         f"(known: {', '.join(list_normalizers())})")
+    fn = _NORMALIZERS[method]
+    try:
+        inspect.signature(fn).bind(None, **(params or {}))
+    except TypeError:
+        known = list(inspect.signature(fn).parameters)[1:]
+        raise ValueError(f"normaliser {method!r} takes no option {sorted(set(params or {}) - set(known))[0]!r} "
+                         f"(its options: {', '.join(known) or 'none'})") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the probe image is tiny; only a wrong value should fail
+            fn(np.linspace(0.0, 1.0, 16, dtype=np.float32).reshape(1, 1, 4, 4), **(params or {}))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"normaliser {method!r}: {err}") from None
 
 
 def normalize_case(case: Case, info: DatasetInfo, method: str | None = None, **params) -> Case:

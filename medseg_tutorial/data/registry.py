@@ -3,20 +3,39 @@
 An importer is a function ``(root: Path) -> Iterator[Case]`` that reads one download layout.
 New datasets register themselves with :func:`register_dataset`, as smp does for encoders.
 
-The built-in importer modules and any plugin (a package that declares a module in the
-``medseg_tutorial.datasets`` entry-point group) are imported here, once, on the first lookup: no
+The built-in importer modules and any plugin are imported here, once, on the first lookup: no
 other module has to import an importer for its datasets to exist.
+
+**Plugins.** A registration made in a Python session lasts as long as that process, so a later
+``medseg evaluate`` in a new process would not know the dataset. To make a dataset exist in every
+process, ship the module that registers it in a package and declare it in the
+``medseg_tutorial.datasets`` entry-point group, e.g. in that package's ``pyproject.toml``::
+
+    [project.entry-points."medseg_tutorial.datasets"]
+    my_scans = "my_package.medseg_datasets"      # importing the module calls register_dataset
+
+The module is imported on the first lookup (an ``:attr`` part of the value is ignored); a plugin
+that fails to import is reported with a warning naming it, and the other datasets still work.
+For images and masks in a plain folder no code is needed at all: see :mod:`.folder`.
+
+A :class:`Dataset` is what the rest of the package reads: the description, the importer and the
+folder it reads, whether it comes from the registry (:func:`get_dataset`) or was built from
+options (:func:`medseg_tutorial.data.folder.folder_dataset`).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import os
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 from ..paths import data_root
+from ._io import FileLayout
 from .types import Case, DatasetInfo
 
 Importer = Callable[[Path], Iterator[Case]]
@@ -44,7 +63,12 @@ def _load_importers() -> None:
     for module in BUILTIN_IMPORTERS:
         importlib.import_module(f"{__package__}.{module}")
     for ep in entry_points(group=PLUGIN_GROUP):
-        importlib.import_module(ep.value.split(":")[0])
+        module = ep.value.split(":")[0].strip()
+        try:
+            importlib.import_module(module)
+        except Exception as err:  # one broken plugin must not take the built-in datasets down with it
+            warnings.warn(f"dataset plugin {ep.name!r} ({module}, entry point group {PLUGIN_GROUP!r}) failed to "
+                          f"import and registers nothing: {type(err).__name__}: {err}", RuntimeWarning, stacklevel=3)
 
 
 def register_dataset(info: DatasetInfo) -> Callable[[Importer], Importer]:
@@ -64,7 +88,9 @@ def _entry(name: str) -> _Entry:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(_REGISTRY))} (a dataset registered "
+                       f"by your own code exists only in that Python process: declare its module in the entry-point "
+                       f"group {PLUGIN_GROUP!r}, or use the 'folder' dataset)") from None
 
 
 def list_datasets() -> list[str]:
@@ -90,10 +116,63 @@ def dataset_path(name: str, root: str | Path | None = None) -> Path:
 
 def iter_cases(name: str, root: str | Path | None = None) -> Iterator[Case]:
     """Read dataset ``name`` case by case from its download layout under the data root. Used in chapters 1 and 3."""
+    return get_dataset(name, root).cases()
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset ready to read: its description, its importer and the folder the importer is given.
+
+    ``source`` identifies what is read (a resolved folder, or ``<generated:NAME>`` for data made in
+    memory) and ``settings`` the importer's options; both go into the prepared-cache key and the
+    run folder, so that a dataset built from options (the ``folder`` dataset) needs no code later.
+    """
+
+    info: DatasetInfo
+    importer: Importer
+    path: Path  # what the importer is called with
+    source: str  # resolved folder, or "<generated:NAME>"
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    extra_files: tuple[Path, ...] = ()  # files outside the importer's listing that shape the data (a spacing CSV)
+    hint: str = ""  # appended to "not found": how to obtain the data
+
+    @property
+    def generated(self) -> bool:
+        """Whether the data are made in memory (nothing is read from disk)."""
+        return self.source.startswith("<generated:")
+
+    def require(self) -> None:
+        """Raise ``FileNotFoundError`` (with how to get the data) unless the folder exists."""
+        if not self.generated and not self.path.exists():
+            raise FileNotFoundError(f"dataset {self.info.name!r} not found at {self.path}{self.hint}")
+
+    def cases(self) -> Iterator[Case]:
+        """The cases of the dataset, read by its importer."""
+        self.require()
+        return self.importer(self.path)
+
+    def files(self) -> list[Path]:
+        """The files the dataset is read from (what the prepared-cache key fingerprints).
+
+        A :class:`~._io.FileLayout` importer lists exactly the files it reads; for any other
+        importer every file under the folder counts; generated data has none.
+        """
+        if self.generated:
+            return list(self.extra_files)
+        self.require()
+        if isinstance(self.importer, FileLayout):
+            items = self.importer.list_items(self.path)
+            listed = [p for item in items for p in (item.image, item.mask, *item.extra_masks)]
+        else:
+            listed = [Path(d) / f for d, _, names in os.walk(self.path) for f in names]
+        return sorted(set(listed) | set(self.extra_files))
+
+
+def get_dataset(name: str, root: str | Path | None = None) -> Dataset:
+    """The registered dataset ``name`` under the data root ``root`` (default ``$MEDSEG_DATA_ROOT``)."""
     entry = _entry(name)
     path = dataset_path(name, root)
-    if entry.info.subdir and not path.exists():
-        raise FileNotFoundError(
-            f"dataset {name!r} not found at {path}; set MEDSEG_DATA_ROOT or run `medseg data fetch {name}`"
-        )
-    return entry.importer(path)
+    # a dataset without a download folder is generated in memory (the phantom)
+    source = str(path.expanduser().resolve()) if entry.info.subdir else f"<generated:{name}>"
+    hint = f"; set MEDSEG_DATA_ROOT or run `medseg data fetch {name}`"
+    return Dataset(entry.info, entry.importer, path, source, hint=hint)
