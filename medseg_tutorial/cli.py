@@ -72,6 +72,16 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--root", help="data root of a registered dataset (data.root); not for the folder dataset")
     r.add_argument("--rebuild", action="store_true", help="prepare afresh even if a cached table matches (data.rebuild)")
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    e = sub.add_parser("export-nnunet", help="write a dataset as an nnU-Net v2 raw dataset (DatasetXXX_Name)")
+    e.add_argument("name", help="a registered dataset")
+    e.add_argument("out", type=Path, help="the nnUNet_raw folder")
+    e.add_argument("--id", type=int, required=True, dest="dataset_id", help="nnU-Net dataset id, e.g. 504")
+    e.add_argument("--dataset-name", help="the Name of DatasetXXX_Name (default: the dataset name)")
+    e.add_argument("--split", type=Path,
+                   help="a run's split.json: its test patients go to imagesTs/labelsTs, train/val to fold 0 of "
+                        "medseg_split.json, so nnU-Net trains and is tested on the same cases")
+    e.add_argument("--root", help="data root (default: $MEDSEG_DATA_ROOT)")
+    e.add_argument("--overwrite", action="store_true", help="replace an earlier export in the same folder")
 
 
 _FOLDER_FLAGS = ("images", "masks", "mask_suffix", "instances", "subject", "spacing_csv", "spacing_columns")
@@ -144,7 +154,24 @@ def _data(args: argparse.Namespace) -> int:
     if args.data_cmd == "fetch":
         print(catalog.fetch_dataset(args.name, root=args.root))
         return 0
+    if args.data_cmd == "export-nnunet":
+        return _data_export_nnunet(args)
     raise AssertionError(args.data_cmd)
+
+
+def _data_export_nnunet(args: argparse.Namespace) -> int:
+    from .data import dataset_info, iter_cases
+    from .data.nnunet import export_nnunet
+    from .data.splits import load_split
+
+    split = load_split(args.split) if args.split else None
+    folder = export_nnunet(iter_cases(args.name, args.root), dataset_info(args.name), args.out, args.dataset_id,
+                           args.dataset_name, split=split, overwrite=args.overwrite)
+    copy = (f"; copy {folder / 'medseg_split.json'} to $nnUNet_preprocessed/{folder.name}/splits_final.json"
+            if split else "")
+    print(f"{folder}: nnU-Net v2 raw dataset. Next: nnUNetv2_plan_and_preprocess -d {args.dataset_id} "
+          f"--verify_dataset_integrity{copy}; nnUNetv2_train {args.dataset_id} 2d 0")
+    return 0
 
 
 # --- medseg train / evaluate / predict -------------------------------------------------------------
@@ -283,6 +310,23 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"wrote {predict_nifti(args.checkpoint, args.input, out, device=args.device)}")
         return 0
     raise FileNotFoundError(f"{args.input} is neither a folder of images nor a NIfTI file (.nii, .nii.gz)")
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", type=Path, required=True, help="a run's best.pt")
+    p.add_argument("out", type=Path, help="an empty folder for the model and its model card")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in the same folder")
+
+
+@command("export", "export a trained model for segmentation_models_pytorch.from_pretrained, with a model card",
+         _export_args)
+def _export(args: argparse.Namespace) -> int:
+    from .tools.export import export_pretrained
+
+    out = export_pretrained(args.checkpoint, args.out, overwrite=args.overwrite)
+    print(f"{out}: load it with segmentation_models_pytorch.from_pretrained({str(out)!r}); "
+          f"model card {out / 'README.md'}")
+    return 0
 
 
 # --- medseg experiment / bench ---------------------------------------------------------------------

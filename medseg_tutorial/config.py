@@ -692,7 +692,8 @@ def _resolve_dataset(dc: DataConfig) -> DatasetInfo:
                           f"dataset registered by your own code exists only in that Python process: declare it "
                           f"in the entry-point group {registry.PLUGIN_GROUP!r})") from None
     if dc.dataset == FOLDER:
-        dc.folder = FolderOptions(**copy.deepcopy(dict(dataset.settings)))
+        if dataset.settings:  # an nnU-Net v2 raw dataset has none: its dataset.json describes it
+            dc.folder = FolderOptions(**copy.deepcopy(dict(dataset.settings)))
         dc.path = str(dataset.path)
     if dc.normalizer is None:
         dc.normalizer = dc.normalization(dataset.info)[0]

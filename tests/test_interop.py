@@ -255,3 +255,53 @@ def test_export_pretrained_loads_in_smp_offline(tmp_path: Path, monkeypatch: pyt
     (tmp_path / "mine" / "data.csv").write_text("keep")
     with pytest.raises(DataError, match="not an earlier export"):
         export_pretrained(result.best_checkpoint, tmp_path / "mine", overwrite=True)
+
+
+# --- the commands -----------------------------------------------------------------------------------
+
+
+def test_the_checker_and_the_folder_dataset_read_an_nnunet_export(hippocampus: list[Case], shared_root: Path,
+                                                                  tmp_path: Path, capsys) -> None:
+    from medseg_tutorial.cli import main
+    from medseg_tutorial.config import load_config
+    from medseg_tutorial.tools.check import check_dataset
+
+    folder = export_nnunet(hippocampus, HIPPOCAMPUS, tmp_path, 504, "Hippocampus")
+    report = check_dataset(str(folder))
+    assert report.layout == "nnU-Net v2 raw dataset" and report.ok, report.format()
+    assert check_dataset(str(shared_root / "msd" / "Task04_Hippocampus")).layout == "MSD task"
+
+    # `medseg train --config folder data.path=DatasetXXX_Name` reads it through its dataset.json
+    cfg = load_config("folder", [f"data.path={folder}", "preset=smoke"])
+    assert cfg.data.folder.images is None  # nothing stored: a later process detects the same layout
+    table = cfg.data.prepare()
+    assert table.info.class_names == HIPPOCAMPUS.class_names
+    assert sorted(table.patients) == sorted(c.patient_id for c in hippocampus)
+
+    assert main(["data", "export-nnunet", "msd_hippocampus", str(tmp_path / "raw"), "--id", "4",
+                 "--root", str(shared_root)]) == 0
+    assert "nnUNetv2_plan_and_preprocess -d 4" in capsys.readouterr().out
+    exported = tmp_path / "raw" / "Dataset004_hippocampus"
+    assert json.loads((exported / "dataset.json").read_text())["numTraining"] == 260
+    assert main(["data", "export-nnunet", "msd_hippocampus", str(tmp_path / "raw"), "--id", "4",
+                 "--root", str(shared_root)]) == 2  # not over an earlier export unless --overwrite
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not empty" in err and "Dataset004_hippocampus" in err
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_medseg_export_writes_what_smp_loads(tmp_path: Path, capsys) -> None:
+    import segmentation_models_pytorch as smp
+
+    from medseg_tutorial.cli import main
+    from medseg_tutorial.config import load_config
+    from medseg_tutorial.train import train
+
+    cfg = load_config("phantom", ["preset=smoke", "train.epochs=1", "train.max_steps_per_epoch=1",
+                                  "output.tensorboard=false"])
+    best = train(cfg, tmp_path / "run", progress=False).best_checkpoint
+    assert main(["export", "--checkpoint", str(best), str(tmp_path / "out")]) == 0
+    assert "from_pretrained" in capsys.readouterr().out
+    assert isinstance(smp.from_pretrained(tmp_path / "out"), smp.Unet)
+    assert main(["export", "--checkpoint", str(tmp_path / "nope.pt"), str(tmp_path / "out2")]) == 2
+    assert "nope.pt" in capsys.readouterr().err

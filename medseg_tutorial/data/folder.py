@@ -48,6 +48,7 @@ from ._io import (
     require_mask,
 )
 from .errors import DataError
+from .nnunet import is_nnunet_raw, nnunet_info, nnunet_layout
 from .paired import _TRAILING_NUMBER, READERS, _channels_first, _labels, read_image_file
 from .registry import Dataset
 from .types import DatasetInfo
@@ -495,6 +496,10 @@ def folder_dataset(path: str | os.PathLike, options: FolderOptions | None = None
     if not root.is_dir():
         raise DataError(root, "no such folder (data.path names the folder holding your images and masks)",
                         "missing_file")
+    layout_given = options is not None and any(
+        getattr(options, k) is not None for k in ("images", "masks", "mask_suffix", "instances", "subject"))
+    if not layout_given and is_nnunet_raw(root):  # an nnU-Net v2 raw dataset: its dataset.json says it all
+        return Dataset(nnunet_info(root), nnunet_layout(root), root, str(root))
     opts = detect_layout(root, options)
     if opts.channels is None or opts.class_names is None:
         items = folder_items(root, opts)

@@ -32,6 +32,7 @@ from ..data.folder import (
     read_folder_item,
 )
 from ..data.msd import msd_info, msd_layout
+from ..data.nnunet import is_msd_task, is_nnunet_raw, nnunet_info, nnunet_layout
 from ..data.paired import READERS
 from ..data.registry import dataset_importer, dataset_info, dataset_path, iter_cases, list_datasets
 from ..data.summary import DatasetTally
@@ -200,10 +201,15 @@ def _msd(folder: Path) -> tuple[FileLayout, tuple[str, ...] | None]:
     return msd_layout(folder), msd_info(folder).class_names
 
 
+def _nnunet(folder: Path) -> tuple[FileLayout, tuple[str, ...] | None]:
+    return nnunet_layout(folder), nnunet_info(folder).class_names
+
+
 # name -> (does the folder look like this layout?, build its FileLayout and class names); first match wins.
 # Anything else with image files is read as the folder dataset reads it (_folder_report).
 DETECTORS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], tuple[FileLayout, tuple[str, ...] | None]]]] = {
-    "MSD task": (lambda f: (f / "dataset.json").is_file(), _msd),
+    "nnU-Net v2 raw dataset": (is_nnunet_raw, _nnunet),  # before MSD: both have a dataset.json
+    "MSD task": (is_msd_task, _msd),
     "ACDC HDF5": (lambda f: any(f.glob("*.h5")), lambda f: (ACDC_H5_LAYOUT, ACDC.class_names)),
     "ACDC NIfTI": (
         lambda f: any(f.glob("patient*/patient*_frame*.nii*")),
@@ -235,7 +241,8 @@ def _check_folder(folder: Path, options: FolderOptions | None = None) -> CheckRe
         _folder_report(folder, options, report)
         return report
     report.problems.append(
-        Problem(str(folder), "empty", "no dataset found: no dataset.json, *.h5, patientNNN/*.nii.gz or image files")
+        Problem(str(folder), "empty", "no dataset found: no MSD or nnU-Net v2 dataset.json, *.h5, patientNNN/*.nii.gz or image "
+                "files")
     )
     return report
 
