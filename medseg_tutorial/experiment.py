@@ -694,12 +694,7 @@ def run_experiment(
         say(label)
         started = time.perf_counter()
         try:
-            cfg = _run_config(exp, spec, smoke, root, progress, say)
-            _train_once(cfg, run_dir, progress)
-            row, patients = _row(exp, spec, cfg, run_dir)
-            append_patient_rows(results, patients)
-            append_row(results, row)
-            write_curves(results, root)  # after every run: a table committed mid-sweep has its curves
+            _run_and_record(exp, spec, smoke, root, results, progress, say)
         except Exception as exc:
             if not keep_going:
                 raise
@@ -707,12 +702,24 @@ def run_experiment(
             record_failure(results, spec, report.failed[spec.run_id])
             say(f"{label}: FAILED {report.failed[spec.run_id]}")
             continue
-        record_failure(results, spec, None)
         report.done.append(spec.run_id)
         say(f"{label}: done in {time.perf_counter() - started:.0f}s -> {results}")
     if not dry_run and results.is_file():
         write_curves(results, root)
     return report
+
+
+def _run_and_record(exp: Experiment, spec: RunSpec, smoke: bool, root: Path, results: Path, progress: bool | None,
+                    say: Callable[[str], None]) -> None:
+    """Train one grid point (or resume it), score it on the test split and write its rows and curves."""
+    cfg = _run_config(exp, spec, smoke, root, progress, say)
+    run_dir = root / spec.run_id
+    _train_once(cfg, run_dir, progress)
+    row, patients = _row(exp, spec, cfg, run_dir)
+    append_patient_rows(results, patients)
+    append_row(results, row)
+    write_curves(results, root)  # after every run: a table committed mid-sweep has its curves
+    record_failure(results, spec, None)
 
 
 def _one_commit(results: Path, root: Path, planned: list[RunSpec], rerun: bool, say: Callable[[str], None]) -> None:

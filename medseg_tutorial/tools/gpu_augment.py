@@ -52,7 +52,7 @@ from torch.utils.data import DistributedSampler
 from ..data.torch_data import AUGMENT_STRENGTHS
 from ..data.types import SliceTable
 
-__all__ = ["DeviceAugment", "DeviceBatchIterator"]
+__all__ = ["DeviceAugment"]  # DeviceBatchIterator is how loaders.build_data uses it
 
 # columns of the random-number table drawn per batch (fixed, so enabling one option never shifts another)
 _HFLIP, _VFLIP, _AFFINE, _ROT, _SX, _SY, _TX, _TY, _INT, _CONTRAST, _BRIGHT, _GAMMA_P, _GAMMA = range(13)
