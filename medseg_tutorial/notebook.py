@@ -29,12 +29,14 @@ class Environment:
     cpu_threads: int
     data_root: Path
     cache_dir: Path
+    datasets: tuple[str, ...] = ()  # the registered datasets found under the data root
 
     def __str__(self) -> str:
+        # what a reader can use, not the build machine's paths (env.data_root has the folder)
         return (
             f"medseg-tutorial {self.package_version} (commit {self.commit}), Python {self.python}, "
             f"torch {self.torch} on {self.device} ({self.cpu_threads} CPU threads)\n"
-            f"data root: {self.data_root}\ncache: {self.cache_dir}"
+            f"datasets found under the data root ($MEDSEG_DATA_ROOT): {', '.join(self.datasets) or 'none yet'}"
         )
 
 
@@ -76,6 +78,7 @@ def setup(seed: int = 0, quiet: bool = False, datasets: Sequence[str] = ()) -> E
         cpu_threads=torch.get_num_threads(),
         data_root=data_root(),
         cache_dir=cache_dir(),
+        datasets=_present(),
     )
     if not quiet:
         print(env)
@@ -87,14 +90,42 @@ def setup(seed: int = 0, quiet: bool = False, datasets: Sequence[str] = ()) -> E
 def require_dataset(name: str, say: Callable[[str], None] = print) -> None:
     """Make sure dataset ``name`` is under the data root, downloading it if it is public."""
     from .data.errors import DataError
-    from .data.registry import dataset_path
+    from .data.registry import dataset_info, dataset_path
     from .tools.catalog import ensure_dataset
 
     if ensure_dataset(name, say=say):
-        say(f"{name}: {dataset_path(name)}")
+        say(f"{name}: ready (licence {dataset_info(name).licence}; citation on the datasets page)")
     else:
         raise DataError(dataset_path(name), f"this chapter needs {name}, which is neither here nor downloadable "
                         f"now (see the message above); `medseg data fetch {name}` gets it")
+
+
+def _present() -> tuple[str, ...]:
+    from .data import dataset_info, list_datasets
+
+    return tuple(n for n in list_datasets() if dataset_info(n).subdir and dataset_available(dataset_info(n).subdir))
+
+
+def medseg(command: str, check: bool = True) -> str:
+    """Run a ``medseg ...`` command line in its own process, as a terminal would, and print what it prints.
+
+    The notebook shows the exact command a reader types; a failing command raises with its output.
+    Used on the "Your own data" page.
+    """
+    import shlex
+    import subprocess
+    import sys
+
+    args = shlex.split(command)
+    if args and args[0] == "medseg":
+        args = args[1:]
+    print(f"$ medseg {shlex.join(args)}")
+    done = subprocess.run([sys.executable, "-m", "medseg_tutorial.cli", *args], capture_output=True, text=True)
+    output = (done.stdout + done.stderr).rstrip()
+    print(output)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"medseg {args[0] if args else ''} exited with {done.returncode}: {output[-500:]}")
+    return output
 
 
 def dataset_available(subdir: str) -> bool:

@@ -361,3 +361,26 @@ def test_a_checkpoint_predicts_without_the_code_that_registered_its_dataset(tmp_
     assert predictor(image).shape == (8, 40, 40)
     with pytest.raises(ConfigError, match="exists only in that Python process: declare it in the entry-point group"):
         evaluate(run / "best.pt", device="cpu")  # scoring needs the data, hence the importer: say how to get it
+
+
+def test_write_folder_gives_the_plain_png_layout_the_folder_dataset_reads_back(shared_root: Path,
+                                                                               tmp_path: Path) -> None:
+    from itertools import islice
+
+    from medseg_tutorial.data import iter_cases
+    from medseg_tutorial.data.folder import write_folder
+
+    cases = list(islice(iter_cases("lgg", shared_root), 2))
+    out = write_folder(cases, tmp_path / "pngs", mask_suffix="_Annotation")
+    n = sum(len(c.image) for c in cases)
+    assert len(list(out.glob("*_Annotation.png"))) == n and len(list(out.glob("*.png"))) == 2 * n
+    assert set(np.unique(np.array(Image.open(next(out.glob("*_Annotation.png")))))) <= {0, 255}
+
+    opts = detect_layout(out, FolderOptions(subject=r"^(.+)_\d+$"))
+    assert (opts.images, opts.mask_suffix, opts.instances) == (".", "_Annotation", False)
+    masks = {}
+    for c in folder_dataset(out, opts).cases():  # one volume per image: each slice of a subject
+        masks.setdefault(c.patient_id, []).append(int(c.mask.sum()))
+    assert sorted(masks) == sorted(c.patient_id for c in cases)  # the regex put the slices back together
+    for c in cases:
+        assert sorted(masks[c.patient_id]) == sorted(int(m.sum()) for m in c.mask)  # 0/255 read back as 0/1

@@ -30,6 +30,7 @@ import math
 import os
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -51,7 +52,7 @@ from .errors import DataError
 from .nnunet import is_nnunet_raw, nnunet_info, nnunet_layout
 from .paired import _TRAILING_NUMBER, READERS, _channels_first, _labels, read_image_file
 from .registry import Dataset
-from .types import DatasetInfo
+from .types import Case, DatasetInfo
 
 FOLDER = "folder"  # the value of ``data.dataset`` that selects this dataset
 
@@ -523,3 +524,29 @@ def folder_dataset(path: str | os.PathLike, options: FolderOptions | None = None
     layout = FileLayout(partial(folder_items, opts=opts), partial(read_folder_item, opts=opts), info.num_classes)
     extra = (root / opts.spacing_csv,) if opts.spacing_csv else ()
     return Dataset(info, layout, root, str(root), settings=asdict(opts), extra_files=extra)
+
+
+def write_folder(cases: Iterable[Case], out: str | os.PathLike, mask_suffix: str = "_mask") -> Path:
+    """Write ``cases`` as the plain layout most 2-D datasets come in: 8-bit PNG pairs in one folder.
+
+    Each slice becomes ``SUBJECT_NNN.png`` beside ``SUBJECT_NNN<mask_suffix>.png`` (a binary mask as
+    0/255, more classes as their indices); intensities are scaled to 0-255 per case, 1 or 3 channels
+    kept. The subject is then recovered with the rule ``^(.+)_\\d+$``. Used by the "Your own data" page.
+    """
+    from PIL import Image
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        image = case.image[:, :3] if case.image.shape[1] >= 3 else case.image[:, :1]
+        low, high = float(image.min()), float(image.max())
+        pixels = np.round((image - low) / max(high - low, 1e-6) * 255).astype(np.uint8)
+        binary = case.mask is not None and int(case.mask.max(initial=0)) <= 1
+        for k, index in enumerate(case.slice_index):
+            stem = f"{case.patient_id}_{int(index):03d}"
+            rgb = pixels[k].transpose(1, 2, 0)
+            Image.fromarray(rgb[..., 0] if rgb.shape[-1] == 1 else rgb).save(out / f"{stem}.png")
+            if case.mask is not None:
+                mask = case.mask[k].astype(np.uint8) * (255 if binary else 1)
+                Image.fromarray(mask).save(out / f"{stem}{mask_suffix}.png")
+    return out
