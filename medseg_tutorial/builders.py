@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .config import Config, ConfigError
+from .device import channels_last_format
 from .losses import build_loss as _build_loss
 from .models import build_model, input_normalization, normalize_input
 from .optim import build_optimizer as _build_optimizer
@@ -28,10 +29,16 @@ def build_network(cfg: Config, device: torch.device) -> tuple[nn.Module, Strateg
     if mc.source is not None and not (mc.weights and str(mc.weights).endswith((".pt", ".safetensors", ".pth"))):
         raise ConfigError(f"model.source: {mc.source!r} names an experiment's source run; `medseg experiment` "
                           "trains it and sets model.weights to its checkpoint")
-    model = build_model(mc.encoder, mc.weights, mc.in_channels, mc.classes, mc.arch, mc.transfer, **mc.smp_kwargs)
+    model = build_model(mc.encoder, mc.weights, mc.in_channels, mc.classes, mc.arch, mc.transfer, dims=mc.dims,
+                        inflation=mc.inflate, params=mc.params, **mc.smp_kwargs)
     plan = get_strategy(cfg.strategy.name, **cfg.strategy.params).apply(model)  # freezes on the CPU copy
-    memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
-    return model.to(device, memory_format=memory_format), plan
+    model.to(device)
+    if cfg.train.channels_last:  # NHWC (NDHWC) kernels; an ACS conv keeps its 2-D kernel, so only 4-D -> 4-D, 5-D -> 5-D
+        layout = channels_last_format(mc.dims + 2)
+        for param in model.parameters():
+            if param.ndim == mc.dims + 2:
+                param.data = param.data.contiguous(memory_format=layout)
+    return model, plan
 
 
 def build_loss(cfg: Config) -> nn.Module:

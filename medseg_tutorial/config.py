@@ -40,6 +40,7 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from .data.registry import Dataset
     from .data.types import DatasetInfo, SliceTable
+    from .data.volumes import VolumeTable
 
 __all__ = ["Config", "load_config"]
 
@@ -49,6 +50,8 @@ Augment = Literal["none", "light", "medium"]
 AugmentOn = Literal["cpu", "device"]
 SplitMode = Literal["patient", "slice"]
 InputNorm = Literal["none", "encoder"]
+Inflate = Literal["i3d", "acs"]
+MONAI_UNET = "monai_unet"  # models.build.MONAI_UNET_NAME: MONAI's U-Net, the 3-D baseline from scratch
 
 
 
@@ -86,6 +89,13 @@ class DataConfig:
     split_mode: SplitMode = "patient"
     cache_dir: str | None = None  # prepared-slice cache; None means $MEDSEG_CACHE_DIR
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of prepare_dataset
+    # 2.5-D (chapter 10): each slice goes in with its `context` neighbours on either side (same volume,
+    # edge slices repeated) as extra channels: 2 context + 1 slices; model.in_channels follows
+    context: int = 0
+    # 3-D (model.dims 3, chapter 10): (D, H, W) of the random training patches (volumes smaller than
+    # that are padded) and the window of sliding-window inference; volumes stay at their native grid,
+    # so data.size, data.keep_empty and data.crop do not apply
+    patch: tuple[int, int, int] | None = None
 
     def prepare(self, progress: bool = False) -> SliceTable:
         """The prepared (cached) slices this section describes: ``prepare_dataset`` with its settings."""
@@ -95,7 +105,15 @@ class DataConfig:
         # so validation sees the empty slices and their false positives too
         return prepare_dataset(self.source(), size=self.size, keep_empty=1.0, cache_dir=self.cache_dir,
                                seed=self.seed, progress=progress, crop=self.crop, rebuild=self.rebuild,
-                               normalizer=self.normalizer, normalizer_params=self.normalizer_params, **self.options)
+                               normalizer=self.normalizer, normalizer_params=self.normalizer_params,
+                               context=self.context, **self.options)
+
+    def volumes(self, progress: bool = False) -> VolumeTable:
+        """The native, normalised volumes of the dataset (3-D training, chapter 10): ``data.volumes.read_volumes``."""
+        from .data.volumes import read_volumes
+
+        dataset = self.source()
+        return read_volumes(dataset, *self.normalization(dataset.info), progress=progress)
 
     def source(self, root: str | os.PathLike | None = None) -> Dataset:
         """The dataset this section reads: a registered one under ``root`` (default ``data.root``), or the folder."""
@@ -150,13 +168,16 @@ class DataConfig:
                  "train and val fractions must be > 0")
         _require(0.0 < self.label_fraction <= 1.0, "data.label_fraction", self.label_fraction,
                  "must be in (0, 1]")
+        _require(0 <= self.context <= 8, "data.context", self.context, "neighbouring slices on each side: 0 to 8")
+        _require(self.patch is None or all(s >= 8 for s in self.patch), "data.patch", self.patch,
+                 "all three sides (D, H, W) must be >= 8 voxels")
 
 
 @dataclass
 class ModelConfig:
-    """The network: an smp architecture with a (pretrained) encoder."""
+    """The network: an smp architecture with a (pretrained) encoder, in 2-D or inflated to 3-D, or MONAI's U-Net."""
 
-    arch: str = "unet"
+    arch: str = "unet"  # an smp architecture (models.build.ARCHS), or "monai_unet" (MONAI's, from scratch)
     encoder: str = "efficientnet-lite0"
     weights: str | None = "imagenet"  # "imagenet", None (random init) or a path to a checkpoint
     # experiments only: start from the best checkpoint of the experiment's ``sources.NAME`` run
@@ -170,10 +191,27 @@ class ModelConfig:
     # pretrained encoder's mean/std (models.input_normalization), which assumes 0-1 intensities
     input_norm: InputNorm = "none"
     smp_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {decoder_use_norm: identity}
+    # chapter 10: 3 trains on volumes (N, C, D, H, W); with an smp Unet, `inflate` says how its 2-D
+    # layers become 3-D (models.inflate: "i3d" repeats each kernel over depth, "acs" applies it in the
+    # axial, coronal and sagittal planes), from the ImageNet weights or, with weights null, from scratch
+    dims: Literal[2, 3] = 2
+    inflate: Inflate = "i3d"
+    # keyword arguments of monai_unet (channels, strides, num_res_units, ...; defaults: models.build.MONAI_UNET)
+    params: dict[str, Any] = field(default_factory=dict)
 
     def _check(self) -> None:
         _require(self.in_channels is None or self.in_channels >= 1, "model.in_channels", self.in_channels, "must be >= 1")
         _require(self.classes is None or self.classes >= 1, "model.classes", self.classes, "must be >= 1")
+        if self.arch == MONAI_UNET:
+            _require(self.weights is None, "model.weights", self.weights,
+                     "monai_unet is MONAI's U-Net trained from scratch; set model.weights: null")
+            _require(not self.smp_kwargs, "model.smp_kwargs", self.smp_kwargs,
+                     "monai_unet is not an smp model; its keyword arguments go in model.params")
+        else:
+            _require(not self.params, "model.params", self.params,
+                     f"keyword arguments of monai_unet; the smp architecture {self.arch!r} takes model.smp_kwargs")
+        _require(self.dims == 2 or self.arch in ("unet", MONAI_UNET), "model.arch", self.arch,
+                 "in 3-D (model.dims: 3) the smp Unet is inflated (models.inflate), or use monai_unet")
 
 
 @dataclass
@@ -298,6 +336,34 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     preset: str | None = None  # informational: the preset that was applied
 
+    def _check(self) -> None:
+        """What ties sections together: 3-D (model.dims 3) reads patches of volumes, 2.5-D stacks slices."""
+        dc, mc = self.data, self.model
+        if mc.dims == 3:
+            _require(dc.patch is not None, "data.patch", dc.patch,
+                     "model.dims 3 trains on patches of volumes: set data.patch: [D, H, W], e.g. [32, 48, 32]")
+            for key, value, ok, why in (
+                ("data.context", dc.context, dc.context == 0, "2.5-D stacks slices for a 2-D model; a 3-D one sees them all"),
+                ("data.crop", dc.crop, dc.crop is None, "3-D volumes stay at their native grid; no crop"),
+                ("data.augment_on", dc.augment_on, dc.augment_on == "cpu", "device augmentation is 2-D only"),
+                ("data.split_mode", dc.split_mode, dc.split_mode == "patient", "the leaky slice split is for 2-D slices"),
+            ):
+                _require(ok, key, value, f"{why} (model.dims: 3)")
+        else:
+            _require(dc.patch is None, "data.patch", dc.patch,
+                     "a 3-D patch, for model.dims: 3; this config trains a 2-D model on slices")
+        if mc.arch == MONAI_UNET:
+            from .models.build import monai_unet_settings
+
+            try:
+                strides = monai_unet_settings(mc.params)["strides"]
+            except ValueError as err:
+                raise ConfigError(f"model.params: {err}") from None
+            shape = dc.patch if mc.dims == 3 else dc.size
+            _require(all(s % math.prod(strides) == 0 for s in shape), "data.patch" if mc.dims == 3 else "data.size",
+                     shape, f"monai_unet downsamples by strides {list(strides)}: every side must be a multiple "
+                     f"of {math.prod(strides)}")
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any], resolve: bool = True) -> Config:
         """Validate a plain mapping (as read from YAML) into a Config."""
@@ -327,8 +393,8 @@ class Config:
             cfg.loss.mode = "binary" if info.num_classes == 2 else "multiclass"
         if cfg.loss.name is None:
             cfg.loss.name = "dice_bce" if cfg.loss.mode in ("binary", "multilabel", "region") else "dice_ce"
-        if cfg.model.in_channels is None:
-            cfg.model.in_channels = info.in_channels
+        if cfg.model.in_channels is None:  # 2.5-D: each of the 2 k + 1 slices brings the dataset's channels
+            cfg.model.in_channels = info.in_channels * (2 * cfg.data.context + 1)
         # binary: one logit (what binary losses and decode("binary") expect); region: one sigmoid per
         # foreground class, no background channel; otherwise one channel per label
         needed = {"binary": 1, "region": info.num_classes - 1}.get(cfg.loss.mode, info.num_classes)
@@ -608,8 +674,12 @@ def _check_names(cfg: Config) -> None:
     checks = (
         ("model.encoder", lambda: build.encoder_spec(cfg.model.encoder)),
         ("model.arch", lambda: build.arch_class(cfg.model.arch)),
+        # monai_unet's keyword arguments, by building it (MONAI is imported only for such a config)
+        ("model.params", lambda: cfg.model.arch == MONAI_UNET and build.monai_unet(1, 1, cfg.model.dims,
+                                                                                      **cfg.model.params)),
         ("strategy.name", lambda: strategies.strategy_factory(cfg.strategy.name)),
         ("strategy.params", lambda: strategies.get_strategy(cfg.strategy.name, **cfg.strategy.params)),
+        ("strategy.name", lambda: _check_strategy_fits(cfg, strategies)),
         ("loss.name", lambda: losses.loss_class(cfg.loss.name, cfg.loss.mode, class_weights=cfg.loss.weights)),
         ("optim.name", lambda: optim.optimizer_class(cfg.optim.name)),
         ("optim.scheduler", lambda: optim.scheduler_factory(cfg.optim.scheduler)),
@@ -631,6 +701,13 @@ def _check_names(cfg: Config) -> None:
             raise ConfigError(f"{key}: {message}") from None
 
 
+def _check_strategy_fits(cfg: Config, strategies: Any) -> None:
+    """A strategy that freezes or slows encoder stages needs a model with an encoder (monai_unet has none)."""
+    if cfg.model.arch == MONAI_UNET and strategies.get_strategy(cfg.strategy.name, **cfg.strategy.params).needs_encoder:
+        raise ValueError(f"{cfg.strategy.name!r} acts on the stages of a pretrained encoder, and monai_unet has no "
+                         "encoder; use full_finetune or scratch (both train every layer)")
+
+
 def _dummy_optimizer(cfg: Config, optim: Any) -> Any:
     import torch
 
@@ -642,7 +719,7 @@ def _dummy_optimizer(cfg: Config, optim: Any) -> Any:
 # prepare_dataset arguments that have a key of their own in the data section
 _OWN_KEYS = {"root": "data.root", "size": "data.size", "keep_empty": "data.keep_empty", "cache_dir": "data.cache_dir",
              "seed": "data.seed", "crop": "data.crop", "rebuild": "data.rebuild", "normalizer": "data.normalizer",
-             "normalizer_params": "data.normalizer_params"}
+             "normalizer_params": "data.normalizer_params", "context": "data.context"}
 
 
 def _check_options(options: dict[str, Any]) -> None:

@@ -26,6 +26,11 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def channels_last_format(ndim: int) -> torch.memory_format:
+    """The channels-last layout of a rank-``ndim`` tensor: NHWC for images, NDHWC for volumes (3-D, chapter 10)."""
+    return torch.channels_last_3d if ndim == 5 else torch.channels_last
+
+
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``train.amp`` on ``device``; ``None`` means full float32.
 

@@ -8,6 +8,9 @@
   repeat the training preprocessing stored with the checkpoint (intensity normalisation of the
   dataset, resizing to the training size) and undo the resizing, with nearest-neighbour sampling
   for the labels, so the output lies on the input's pixel grid.
+* 3-D and 2.5-D checkpoints (chapter 10) go through the same functions: a 3-D model segments the
+  native volume with MONAI's sliding window (:func:`predict_volume`, window ``data.patch``), a
+  2.5-D one gets each slice with its neighbours as channels (``data.context``).
 
 A checkpoint written by the trainer stands alone: it stores the training config (with the
 normaliser and, for the ``folder`` dataset, every layout option) and the dataset's description, so
@@ -32,11 +35,12 @@ from torch import nn
 from .activations import label_map
 from .config import Config
 from .data.errors import DataError
-from .data.preprocess import normalize_case, pad_or_crop, resize_slices, resized_shape
+from .data.preprocess import normalize_case, pad_or_crop, resize_slices, resized_shape, stack_context
 from .data.registry import dataset_info
 from .data.splits import load_split, patient_split
 from .data.types import Case, DatasetInfo, SliceTable
-from .device import autocast, select_device
+from .data.volumes import VolumeTable, pad_volume
+from .device import autocast, channels_last_format, select_device
 from .files import atomic_write
 from .metrics import per_patient_scores, summarize_scores
 from .models import load_checkpoint, normalize_input
@@ -74,11 +78,47 @@ def predict(
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size], dtype=np.float32)).to(device)
         if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=channels_last_format(x.ndim))
         with autocast(device, amp_dtype):
             logits = model(normalize(x) if normalize else x)
         out.append(label_map(logits, mode).to(torch.uint8).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, *images.shape[2:]), np.uint8)
+
+
+@torch.no_grad()
+def predict_volume(
+    model: nn.Module,
+    image: np.ndarray,
+    mode: str,
+    device: torch.device,
+    roi: Sequence[int],
+    batch_size: int = 4,
+    normalize=None,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> np.ndarray:
+    """Label volume ``(S, H, W)`` (uint8) of a 3-D model for one normalised volume ``image`` (C, S, H, W).
+
+    MONAI's ``sliding_window_inference`` runs the model on windows of ``roi`` = (D, H, W) (the
+    training patch), ``batch_size`` at a time, overlapping by a quarter, and averages the logits
+    where windows overlap. A volume smaller than the window is first padded like the training
+    patches (channel minimum, :func:`~medseg_tutorial.data.volumes.pad_volume`), and the labels are
+    cut back to the volume's own voxels. The 3-D counterpart of :func:`predict`. Used in chapter 10.
+    """
+    from monai.inferers import sliding_window_inference  # MONAI takes seconds to import: only for 3-D
+
+    model.eval()
+    padded, _, inner = pad_volume(image, None, roi)
+    x = torch.from_numpy(np.ascontiguousarray(padded[None], np.float32)).to(device)
+
+    def logits_of(window: torch.Tensor) -> torch.Tensor:
+        if channels_last:
+            window = window.contiguous(memory_format=channels_last_format(window.ndim))
+        with autocast(device, amp_dtype):
+            return model(normalize(window) if normalize else window).float()
+
+    logits = sliding_window_inference(x, tuple(roi), batch_size, logits_of, overlap=0.25)
+    return label_map(logits, mode)[0].to(torch.uint8).cpu().numpy()[inner]
 
 
 # ==================================================================================================
@@ -96,6 +136,16 @@ class Predictor:
     mode: str  # "binary" or "multiclass": how logits become labels
     size: tuple[int, int] | None  # (H, W) the model was trained at; None if unknown
     config: dict[str, Any] = field(default_factory=dict)  # the training config, if stored
+
+    @property
+    def dims(self) -> int:
+        """2 for slices, 3 for volumes (``model.dims`` of the stored config)."""
+        return int(self.meta["config"].get("dims", 2))
+
+    @property
+    def context(self) -> int:
+        """2.5-D: neighbouring slices on each side that go in as channels (``data.context``)."""
+        return int(self.config.get("data", {}).get("context", 0))
 
     @classmethod
     def load(cls, checkpoint: str | os.PathLike, device: str = "auto") -> Predictor:
@@ -142,7 +192,7 @@ class Predictor:
         return predict(self.model, images, self.mode, self.device, batch_size, self.normalize)
 
     def __call__(self, image: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """Labels (S, H, W) for native slices ``image`` (S, C, H, W) (raw intensities, any size)."""
+        """Labels (S, H, W) for native slices ``image`` (S, C, H, W) of one volume (raw intensities, any size)."""
         image = self._match_channels(np.asarray(image, np.float32))
         if self.dataset is None or self.size is None:
             raise ValueError("the checkpoint does not store its dataset and training size (it was not written "
@@ -151,11 +201,15 @@ class Predictor:
         options = self.config.get("data", {}).get("options", {})
         method, kw = self.normalization()
         image = normalize_case(Case("input", image, None), self.dataset_info, method, **kw).image
+        if self.dims == 3:  # the whole native volume, channel-first, through the sliding window
+            patch = self.config["data"]["patch"]
+            return predict_volume(self.model, image.transpose(1, 0, 2, 3), self.mode, self.device, patch,
+                                  batch_size, self.normalize)  # batch_size windows per forward pass
         hw = image.shape[-2:]
         mode = options.get("resize_mode", "letterbox")
         crop = self.config.get("data", {}).get("crop")
         prepared, _, _ = resize_slices(image, None, self.size, mode=mode, crop=crop)
-        labels = self.predict_prepared(prepared, batch_size)
+        labels = self.predict_prepared(stack_context(prepared, self.context), batch_size)
         if crop is None:
             return restore_size(labels, hw, self.size, mode)
         # undo the resize to the cropped field of view, then put it back in the middle of the slice:
@@ -164,7 +218,8 @@ class Predictor:
 
     def _match_channels(self, image: np.ndarray) -> np.ndarray:
         """Repeat a grey channel for an RGB model, or average colour channels for a grey one."""
-        wanted, have = self.meta["config"]["in_channels"], image.shape[1]
+        # a 2.5-D model takes 2 k + 1 slices of the image's channels (stacked after preprocessing)
+        wanted, have = self.meta["config"]["in_channels"] // (2 * self.context + 1), image.shape[1]
         if have == wanted:
             return image
         if have == 1:
@@ -213,7 +268,8 @@ def evaluate(
     voxels (:meth:`Predictor.__call__`), then computes 3-D Dice and (with ``hd95``) HD95 in mm at the
     volume's spacing: see :func:`evaluate_volumes`. ``grid="prepared"`` scores the prepared slices of
     a :class:`SliceTable` instead (the training grid; empty slices dropped by ``keep_empty`` stay
-    dropped): quick, for teaching, never for reporting.
+    dropped): quick, for teaching, never for reporting. A 3-D checkpoint (chapter 10) is scored on
+    the native volumes only: the sliding window predicts each whole volume.
 
     Args:
         checkpoint: a ``best.pt`` written by the trainer (or any checkpoint of ``save_checkpoint``).
@@ -238,6 +294,8 @@ def evaluate(
     if grid != "prepared":
         raise ValueError(f"grid must be 'native' or 'prepared', got {grid!r}")
     predictor = Predictor.load(checkpoint, device)
+    if predictor.dims == 3:
+        raise ValueError(f"{checkpoint} is a 3-D model: it is scored on the native volumes (grid='native')")
     if data is None:
         if not predictor.config:
             raise ValueError(f"{checkpoint} stores no training config; pass a Config or a SliceTable")
@@ -301,23 +359,41 @@ def evaluate_volumes(
             continue
         if case.mask is None:
             raise ValueError(f"{case.source}: volume {case.patient_id} has no labels to score against")
-        labels = predictor(case.image, batch_size)
+        labels = predictor(case.image, batch_size)  # 2-D: slice by slice; 3-D: sliding window
         volume = f"{case.patient_id}/{case.group}" if case.group else case.patient_id
-        scores = per_patient_scores(labels, case.mask, [volume] * len(labels), info.num_classes,
-                                    spacing=tuple(case.spacing) if hd95 else None, class_names=info.class_names)
-        scores = scores.rename(columns={"patient_id": "volume"})
-        scores.insert(0, "patient_id", case.patient_id)
-        scores["slices"], scores["voxels"] = len(labels), int(case.mask.size)
-        frames.append(scores)
+        frames.append(volume_rows(labels, case.mask, case.patient_id, volume, info,
+                                  tuple(case.spacing) if hd95 else None))
     if not frames:
         raise ValueError(f"no volumes of split {split!r} found in dataset {cfg.data.dataset!r}")
+    scores = per_patient_summary(frames)
+    scores.attrs.update(split=split if isinstance(split, str) else "custom", checkpoint=str(checkpoint),
+                        eval_slices="all", eval_grid="native")
+    return scores
+
+
+def volume_rows(labels: np.ndarray, mask: np.ndarray, patient_id: str, volume: str, info: DatasetInfo,
+                spacing: Sequence[float] | None = None) -> pd.DataFrame:
+    """3-D scores of one predicted volume (S, H, W): one row per foreground class, HD95 in mm with ``spacing``."""
+    scores = per_patient_scores(labels, mask, [volume] * len(labels), info.num_classes, spacing=spacing,
+                                class_names=info.class_names)
+    scores = scores.rename(columns={"patient_id": "volume"})
+    scores.insert(0, "patient_id", patient_id)
+    scores["slices"], scores["voxels"] = len(labels), int(mask.size)
+    return scores
+
+
+def per_patient_summary(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """The rows of :func:`volume_rows`, with a patient's volumes averaged and summarised in ``attrs``.
+
+    ``attrs["per_patient"]``: one row per patient and class; ``attrs["summary"]``: its
+    :func:`summarize_scores`; ``attrs["mean_dice"]``: the mean foreground Dice over patients.
+    Evaluation and the validation of 3-D runs score this way. Used in chapter 10.
+    """
     scores = pd.concat(frames, ignore_index=True)
     metric_cols = [c for c in ("dice", "iou", "hd95") if c in scores]
     per_patient = scores.groupby(["patient_id", "class", "class_name"], as_index=False, sort=False)[metric_cols].mean()
     summary = summarize_scores(per_patient)
-    scores.attrs.update(summary=summary, mean_dice=summary.attrs["mean_dice"], per_patient=per_patient,
-                        split=split if isinstance(split, str) else "custom", checkpoint=str(checkpoint),
-                        eval_slices="all", eval_grid="native")
+    scores.attrs.update(summary=summary, mean_dice=summary.attrs["mean_dice"], per_patient=per_patient)
     return scores
 
 
@@ -340,13 +416,17 @@ def _split_patients(
         return list(getattr(load_split(cfg.data.split_file), split))
     fractions, seed = (cfg.data.fractions, cfg.data.seed) if cfg is not None else ((0.7, 0.15, 0.15), 0)
     if table is None:
-        table = cfg.data.prepare()  # the same table the split was drawn from in training
-    return list(getattr(patient_split(table, fractions, seed=seed), split))
+        table = _training_table(cfg)  # the same patients the split was drawn from in training
+    return list(getattr(patient_split(table.patient_ids, fractions, seed=seed), split))
 
 
 def _all_patients(cfg: Config | None, predictor: Predictor) -> list[str]:
-    cfg = cfg if cfg is not None else stored_config(predictor)
-    return cfg.data.prepare().patients
+    return _training_table(cfg if cfg is not None else stored_config(predictor)).patients
+
+
+def _training_table(cfg: Config) -> SliceTable | VolumeTable:
+    """What ``cfg`` trains on: prepared slices, or (3-D) the native volumes."""
+    return cfg.data.volumes() if cfg.model.dims == 3 else cfg.data.prepare()
 
 
 def stored_config(predictor: Predictor) -> Config:

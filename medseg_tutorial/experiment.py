@@ -217,8 +217,23 @@ def load_experiment(name: str | os.PathLike, preset: str | None = None) -> Exper
 # ==================================================================================================
 
 # budget keys: step_seconds (one optimizer step, measured), eval_seconds (one validation pass),
-# test_seconds (the final test scoring), cpu_hours (this experiment's share of the campaign), note
+# test_seconds (the final test scoring), cpu_hours (this experiment's share of the campaign), note.
+# The three timings are one number, or a mapping from arm label to number (key "default": the other
+# arms), for a grid whose arms differ in cost (chapter 10: 2-D slices next to 3-D patches).
 BUDGET_KEYS = ("step_seconds", "eval_seconds", "test_seconds", "cpu_hours", "note")
+
+
+def _seconds(value: Any, spec: RunSpec) -> float:
+    """A budget timing for ``spec``: the number, or its arm's entry of a per-arm mapping."""
+    if isinstance(value, dict):
+        value = value.get(spec.label, value.get("default", 0))
+    return float(value or 0)
+
+
+def _seconds_text(value: Any) -> str:
+    """``"0.40"``, or for a per-arm mapping the range of its values, ``"0.18-0.64"``."""
+    values = sorted(float(v or 0) for v in (value.values() if isinstance(value, dict) else [value]))
+    return f"{values[0]:.2f}" + (f"-{values[-1]:.2f}" if values[-1] != values[0] else "")
 
 
 def _run_cap(raw: dict[str, Any]) -> tuple[int | None, int]:
@@ -250,11 +265,12 @@ def compute_plan(exp: Experiment, planned: list[RunSpec], finished: list[dict[st
         return "\n".join(lines)
     caps = [_run_cap(spec.raw) for spec in pending]
     if all(steps is not None for steps, _ in caps):
-        seconds = sum(steps * float(step) + vals * float(b.get("eval_seconds", 0)) + float(b.get("test_seconds", 0))
-                      for steps, vals in caps)
+        seconds = sum(steps * _seconds(step, spec) + vals * _seconds(b.get("eval_seconds"), spec)
+                      + _seconds(b.get("test_seconds"), spec) for spec, (steps, vals) in zip(pending, caps))
         longest = max((steps for steps, _ in caps), default=0)
         lines.append(f"  upper bound {seconds / 3600:.1f} CPU-hours: every run to its step cap (at most {longest} "
-                     f"steps) at {float(step):.2f} s per step, {b.get('eval_seconds', 0)} s per validation")
+                     f"steps) at {_seconds_text(step)} s per step, {_seconds_text(b.get('eval_seconds', 0))} s "
+                     "per validation")
     walls = [float(r["wall_time_s"]) for r in finished if r.get("wall_time_s") not in (None, "")]
     if walls and pending:
         mean = sum(walls) / len(walls)
@@ -524,7 +540,8 @@ def _row(exp: Experiment, spec: RunSpec, cfg: Config, run_dir: Path) -> tuple[di
     test, patients = evaluate_test(run_dir, cfg)
     row = {
         "experiment": exp.name, "run_id": spec.run_id, "preset": exp.preset or "", "arm": spec.label,
-        "dataset": cfg.data.dataset, "strategy": cfg.strategy.name, "encoder": cfg.model.encoder,
+        "dataset": cfg.data.dataset, "strategy": cfg.strategy.name,
+        "encoder": "none" if cfg.model.arch == "monai_unet" else cfg.model.encoder,  # MONAI's U-Net has none
         "weights": _weights_label(spec.raw),
         "label_fraction": cfg.data.label_fraction, "n_train_patients": info.get("train_patients"),
         "seed": cfg.train.seed, "loss": cfg.loss.name, "loss_mode": cfg.loss.mode, "optimizer": cfg.optim.name,

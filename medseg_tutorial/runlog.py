@@ -74,9 +74,11 @@ class RunLog:
         info = json.loads(old.read_text()) if resumed and old.exists() else {"created": now(), "resumes": []}
         if resumed:
             info["resumes"].append(now())
+        unit = "volumes" if self.cfg.model.dims == 3 else "slices"  # what a row of the training table is
         info.update(package_version=__version__, git_commit=git_commit(), hardware=hardware(device),
                     world_size=int(os.environ.get("WORLD_SIZE", "1")), amp=str(amp_dtype).replace("torch.", ""),
-                    dataset=self.cfg.data.dataset, train_slices=len(data.train_rows), val_slices=len(data.val_rows),
+                    dataset=self.cfg.data.dataset, **{f"train_{unit}": len(data.train_rows),
+                                                      f"val_{unit}": len(data.val_rows)},
                     train_patients=len(set(data.table.patient_ids[data.train_rows])),
                     val_patients=len(data.split.val), parameters=counts, status="running", **(extra or {}))
         self.info = info
@@ -88,8 +90,8 @@ class RunLog:
         if SummaryWriter is not None and self.cfg.output.tensorboard:
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         self.say(f"run {self.run_dir}: {self.cfg.data.dataset}, {self.cfg.model.arch}/{self.cfg.model.encoder}, "
-                 f"strategy {self.cfg.strategy.name}, {info['train_slices']} train / {info['val_slices']} val "
-                 f"slices, device {device}, amp {info['amp']}")
+                 f"strategy {self.cfg.strategy.name}, {info[f'train_{unit}']} train / {info[f'val_{unit}']} val "
+                 f"{unit}, device {device}, amp {info['amp']}")
 
     def epoch_end(self, row: dict[str, Any], best_score: float, best_epoch: int, stopped_early: bool) -> None:
         if not self.main:

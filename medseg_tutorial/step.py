@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .device import autocast
+from .device import autocast, channels_last_format
 
 __all__ = ["NonFiniteLossError", "TrainStep"]
 
@@ -40,7 +40,7 @@ class TrainStep:
         clip_grad: the maximum global gradient norm, ``None`` for no clipping.
         accumulate: micro-batches per optimizer step (the loss is divided by it).
         normalize: applied to the inputs before the model (the encoder's input statistics).
-        channels_last: feed NHWC tensors (faster convolutions on recent GPUs).
+        channels_last: feed NHWC tensors, NDHWC volumes (faster convolutions on recent GPUs).
 
     Used in chapter 8.
     """
@@ -61,7 +61,7 @@ class TrainStep:
         x = images.to(device, non_blocking=True)
         y = masks.to(device, non_blocking=True)
         if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=channels_last_format(x.ndim))
         if hasattr(self.model, "require_backward_grad_sync"):  # DDP: all-reduce gradients only when stepping
             self.model.require_backward_grad_sync = step
         with autocast(device, self.amp_dtype):

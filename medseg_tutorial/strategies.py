@@ -42,6 +42,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.hooks import RemovableHandle
 
+from .models.inflate import ACSConv
 from .names import lookup
 
 __all__ = [
@@ -82,22 +83,31 @@ class ModuleGroup:
             self.modules.append(module)
 
 
-def _first_4d(x: Any) -> torch.Tensor | None:
-    """The feature map a module consumed or produced (None for lists of features, scalars, ...)."""
+_CONVS = (nn.Conv2d, nn.Conv3d, ACSConv)  # 2-D, and the 3-D layers of an inflated model (models.inflate)
+
+
+def _feature_map(x: Any) -> torch.Tensor | None:
+    """The feature map a module consumed or produced, 2-D or 3-D (None for lists of features, scalars, ...)."""
     if isinstance(x, tuple) and x:
         x = x[0]
-    return x if isinstance(x, torch.Tensor) and x.ndim == 4 else None
+    return x if isinstance(x, torch.Tensor) and x.ndim in (4, 5) else None
+
+
+def _dummy_input(encoder: nn.Module, size: int) -> torch.Tensor:
+    """Zeros shaped like one input of ``encoder``: (1, C, size, size), or (1, C, size, size, size) in 3-D."""
+    first_conv = next(m for m in encoder.modules() if isinstance(m, _CONVS))
+    spatial = 2 if isinstance(first_conv, nn.Conv2d) else 3  # an inflated (3-D) encoder takes volumes
+    ref = next(encoder.parameters())
+    return torch.zeros(1, first_conv.in_channels, *(size,) * spatial, device=ref.device, dtype=ref.dtype)
 
 
 def _trace_strides(encoder: nn.Module, size: int = 32) -> dict[nn.Module, tuple[int, int]]:
-    """Run one dummy image through ``encoder``; return each module's (input, output) stride."""
-    first_conv = next(m for m in encoder.modules() if isinstance(m, nn.Conv2d))
-    ref = next(encoder.parameters())
-    x = torch.zeros(1, first_conv.in_channels, size, size, device=ref.device, dtype=ref.dtype)
+    """Run one dummy image (or volume) through ``encoder``; return each module's (input, output) stride."""
+    x = _dummy_input(encoder, size)
     strides: dict[nn.Module, tuple[int, int]] = {}
 
     def record(module: nn.Module, args: Any, output: Any) -> None:
-        t_in, t_out = _first_4d(args), _first_4d(output)
+        t_in, t_out = _feature_map(args), _feature_map(output)
         if t_in is not None and t_out is not None and module not in strides:
             strides[module] = (size // t_in.shape[-1], size // t_out.shape[-1])
 
@@ -122,7 +132,8 @@ def encoder_stages(model: nn.Module) -> list[ModuleGroup]:
     smp 0.6 encoders only list their two deepest stages in ``get_stages()`` (it exists to make
     them dilated), so we find all stages by tracing: one dummy forward pass records every module's
     input and output stride, and a module that changes resolution at most once belongs to the
-    stage of its output. This works for any smp encoder (ResNet, VGG, timm EfficientNet, ``tu-``).
+    stage of its output. This works for any smp encoder (ResNet, VGG, timm EfficientNet, ``tu-``),
+    and for its 3-D inflation (``models.inflate``; the dummy is then a volume).
 
     Parameters that the encoder's forward pass never uses (smp 0.6 keeps ``conv_head``/``bn2`` of
     ``timm-efficientnet`` encoders) end up in a last group named ``"encoder.unused"``.
@@ -163,9 +174,9 @@ def encoder_stages(model: nn.Module) -> list[ModuleGroup]:
 def model_groups(model: nn.Module) -> list[ModuleGroup]:
     """Encoder stages (shallow to deep), then one group per other part: decoder, segmentation head, ...
 
-    Used in chapter 7.
+    A model without an encoder (MONAI's U-Net) is one group per child module. Used in chapter 7.
     """
-    groups = encoder_stages(model)
+    groups = encoder_stages(model) if hasattr(model, "encoder") else []
     for name, child in model.named_children():
         if name != "encoder" and any(True for _ in child.parameters()):
             group = ModuleGroup(name)
@@ -187,7 +198,7 @@ def _keep_in_eval(module: nn.Module, args: Any) -> None:
 def _reinit_(module: nn.Module) -> None:
     """Random re-initialisation, He-normal for convolutions as torchvision and timm do for these encoders."""
     for m in module.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, _CONVS):  # for an ACSConv, fan_out counts its 2-D kernel, as the kernel it is
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
@@ -311,6 +322,12 @@ class Strategy:
     encoder_lr_scale: float = 1.0
     lr_decay: float | None = None  # deepest stage x decay, next x decay**2, ...
 
+    @property
+    def needs_encoder(self) -> bool:
+        """Whether the strategy freezes or slows encoder stages (a model without an encoder cannot follow it)."""
+        return (self.frozen_stages != 0 or self.unfreeze is not None or self.encoder_lr_scale != 1.0
+                or self.lr_decay is not None)
+
     def summary(self) -> str:
         parts = ["encoder re-initialised" if self.reinit_encoder else "pretrained encoder"]
         if self.unfreeze is not None:
@@ -329,8 +346,11 @@ class Strategy:
         """Freeze / re-initialise ``model`` in place and return the plan the trainer follows."""
         groups = model_groups(model)
         stages = [g.name for g in groups if g.name.startswith("encoder.stage")]
+        if not stages and self.needs_encoder:
+            raise ValueError(f"strategy {self.name!r} acts on encoder stages, and {type(model).__name__} has no "
+                             "encoder; use full_finetune or scratch")
         deepest_first = stages[::-1]
-        if self.reinit_encoder:
+        if self.reinit_encoder and hasattr(model, "encoder"):  # without one, the model is built from scratch
             _reinit_(model.encoder)
 
         lr_scales = {g.name: 1.0 for g in groups}

@@ -6,6 +6,10 @@ One epoch is::
                        unscale -> clip -> optimizer step; then the scheduler
     end of epoch:      validate (per-patient 3-D Dice) -> keep the best -> checkpoint -> early stop?
 
+* **2-D, 2.5-D and 3-D.** The loop is the same for all three (chapter 10): ``build_data`` hands it
+  batches of slices or of random volume patches, and :func:`validate` predicts slices, or whole
+  volumes through a sliding window; the score is the per-patient 3-D Dice either way.
+
 * **Reproducibility.** One seed fixes weight init, the shuffling and the augmentation of every epoch;
   ``train.deterministic`` also asks torch for deterministic kernels.
 * **Resuming.** ``last.pt`` holds the model, optimizer, scheduler, grad scaler, RNG states and
@@ -47,6 +51,7 @@ from .builders import (
     input_normalizer,
 )
 from .config import Config, ConfigError, diff
+from .data.volumes import VolumeTable
 from .device import autocast_dtype, enable_determinism, select_device
 from .distributed import (
     DistInfo,
@@ -60,7 +65,7 @@ from .distributed import (
     unwrap,
     wrap_model,
 )
-from .evaluate import predict
+from .evaluate import per_patient_summary, predict, predict_volume, volume_rows
 from .files import remove_stale_temporaries
 from .loaders import TrainData, batches_per_epoch, build_data
 from .metrics import per_patient_scores, summarize_scores
@@ -227,22 +232,36 @@ def validate(model: nn.Module, data: TrainData, cfg: Config, device: torch.devic
              amp_dtype: torch.dtype | None) -> tuple[float, dict[str, float]]:
     """Mean foreground Dice per patient (3-D: a patient's slices are stacked), and per class.
 
-    Each process predicts its share of the validation slices; the shares are gathered so every
-    process computes the same scores (and takes the same early-stopping decision).
+    Each process predicts its share of the validation slices (or volumes); the shares are gathered
+    so every process computes the same scores (and takes the same early-stopping decision).
     """
     rows = shard(data.val_rows, dist_info)
     # the plain model: DDP's forward would try to synchronise buffers between processes
-    preds = predict(unwrap(model), data.table.images[rows], cfg.loss.mode, device, cfg.train.batch_size,
-                    input_normalizer(cfg), amp_dtype, cfg.train.channels_last)
+    preds = predict_rows(unwrap(model), data.table, rows, cfg, device, amp_dtype)
     parts = all_gather_objects((rows, preds), dist_info)
     rows = np.concatenate([r for r, _ in parts])
-    preds = np.concatenate([p for _, p in parts])
+    preds = [p for _, part in parts for p in part]  # one label map per slice, or per volume
     table = data.table
-    scores = per_patient_scores(preds, table.masks[rows], table.patient_ids[rows], table.info.num_classes,
-                                slice_index=table.slice_index[rows], class_names=table.info.class_names)
-    summary = summarize_scores(scores)
+    if isinstance(table, VolumeTable):  # each volume scored in 3-D, then a patient's volumes averaged
+        summary = per_patient_summary([volume_rows(p, table.masks[r], table.patient_ids[r], table.volume_ids[r],
+                                                   table.info) for p, r in zip(preds, rows)]).attrs["summary"]
+    else:
+        scores = per_patient_scores(np.stack(preds), table.masks[rows], table.patient_ids[rows],
+                                    table.info.num_classes, slice_index=table.slice_index[rows],
+                                    class_names=table.info.class_names)
+        summary = summarize_scores(scores)
     per_class = {str(r["class_name"]): float(r["dice_mean"]) for _, r in summary.iterrows() if r["class"] != "mean"}
     return float(summary.attrs["mean_dice"]), per_class
+
+
+def predict_rows(model: nn.Module, table: Any, rows: np.ndarray, cfg: Config, device: torch.device,
+                 amp_dtype: torch.dtype | None) -> np.ndarray | list[np.ndarray]:
+    """Label maps of the table's ``rows``: slices (N, H, W) by :func:`predict`, or volumes by :func:`predict_volume`."""
+    kw = dict(normalize=input_normalizer(cfg), amp_dtype=amp_dtype, channels_last=cfg.train.channels_last)
+    if isinstance(table, VolumeTable):
+        return [predict_volume(model, table.images[r], cfg.loss.mode, device, cfg.data.patch, cfg.train.batch_size, **kw)
+                for r in rows]
+    return predict(model, table.images[rows], cfg.loss.mode, device, cfg.train.batch_size, **kw)
 
 
 def choose_lr(cfg: Config, data: TrainData, model: nn.Module, plan: Any, device: torch.device, run_dir: Path,

@@ -50,9 +50,10 @@ from .preprocess import (
     resize_slices,
     resolve_window,
     select_slices,
+    stack_context,
 )
 from .registry import Dataset, get_dataset
-from .types import DatasetInfo, SliceTable
+from .types import Case, DatasetInfo, SliceTable
 
 CACHE_FORMAT = 1  # bump when the layout of the .npz changes
 _ARRAYS = ("images", "masks", "patient_ids", "slice_index", "spacing")
@@ -146,21 +147,10 @@ def _read_slices(dataset: Dataset, params: dict, norm_kw: dict, crop: tuple[int,
     parts: dict[str, list] = {k: [] for k in _ARRAYS}
     n_cases = 0
     for case in tqdm(dataset.cases(), desc=f"prepare {name}", unit="case", disable=not progress):
-        if case.mask is None:
-            raise ValueError(f"{name}: case {case.patient_id} ({case.source}) has no mask; only labelled cases can be prepared")
-        if case.mask.min() < 0 or case.mask.max() >= info.num_classes:
-            raise ValueError(
-                f"{name}: case {case.patient_id} ({case.source}) has labels outside 0..{info.num_classes - 1}"
-            )
-        if case.image.shape[1] != info.in_channels:
-            raise ValueError(f"{case.source}: case {case.patient_id} has {case.image.shape[1]} channels, dataset "
-                             f"{name!r} has {info.in_channels} ({', '.join(info.channel_names)})")
-        try:
-            case = normalize_case(case, info, params["normalizer"], **norm_kw)
-        except ValueError as err:  # e.g. a 16-bit image under scale_8bit: name the file and the setting
-            raise ValueError(f"{case.source}: normaliser {params['normalizer']!r}: {err} (data.normalizer)") from None
+        case = checked_case(case, info, params["normalizer"], norm_kw)
         image, mask, spacing = resize_slices(case.image, case.mask.astype(np.uint8), params["size"],
                                              mode=params["resize_mode"], spacing=case.spacing[1:], crop=crop)
+        image = stack_context(image, params.get("context", 0))  # 2.5-D: neighbours of the same volume
         n = len(image)
         parts["images"].append(image.astype(np.float16))  # the cache's precision, see the module docstring
         parts["masks"].append(mask)
@@ -169,6 +159,24 @@ def _read_slices(dataset: Dataset, params: dict, norm_kw: dict, crop: tuple[int,
         parts["spacing"].append(np.tile(np.asarray(spacing, np.float32), (n, 1)))
         n_cases += 1
     return parts, n_cases
+
+
+def checked_case(case: Case, info: DatasetInfo, method: str, norm_kw: dict) -> Case:
+    """``case`` checked against ``info`` (labelled, labels and channels as described) and normalised."""
+    name = info.name
+    if case.mask is None:
+        raise ValueError(f"{name}: case {case.patient_id} ({case.source}) has no mask; only labelled cases can be prepared")
+    if case.mask.min() < 0 or case.mask.max() >= info.num_classes:
+        raise ValueError(
+            f"{name}: case {case.patient_id} ({case.source}) has labels outside 0..{info.num_classes - 1}"
+        )
+    if case.image.shape[1] != info.in_channels:
+        raise ValueError(f"{case.source}: case {case.patient_id} has {case.image.shape[1]} channels, dataset "
+                         f"{name!r} has {info.in_channels} ({', '.join(info.channel_names)})")
+    try:
+        return normalize_case(case, info, method, **norm_kw)
+    except ValueError as err:  # e.g. a 16-bit image under scale_8bit: name the file and the setting
+        raise ValueError(f"{case.source}: normaliser {method!r}: {err} (data.normalizer)") from None
 
 
 def _normalizer(info: DatasetInfo, normalizer: str | None, normalizer_params: dict | None,
@@ -187,6 +195,21 @@ def _normalizer(info: DatasetInfo, normalizer: str | None, normalizer_params: di
     return method, kw
 
 
+def _check_arguments(size: tuple[int, int], keep_empty: float, resize_mode: str, crop: tuple[int, int] | None,
+                     context: int) -> None:
+    """Raise ``ValueError`` for an argument of :func:`prepare_dataset` out of range."""
+    if not 0.0 <= keep_empty <= 1.0:
+        raise ValueError(f"keep_empty must be a fraction in [0, 1], got {keep_empty}")
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"unknown resize mode {resize_mode!r}; use one of {RESIZE_MODES}")
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"size must be (H, W) with positive sides, got {size}")
+    if crop is not None and (len(crop) != 2 or min(crop) < 1):
+        raise ValueError(f"crop must be (H, W) with positive sides, got {crop}")
+    if context < 0:
+        raise ValueError(f"context must be >= 0 slices, got {context}")
+
+
 def prepare_dataset(
     name: str | Dataset,
     root: str | os.PathLike | None = None,
@@ -201,6 +224,7 @@ def prepare_dataset(
     crop: tuple[int, int] | None = None,
     normalizer: str | None = None,
     normalizer_params: dict | None = None,
+    context: int = 0,
 ) -> SliceTable:
     """Prepare dataset ``name`` as a :class:`SliceTable` of normalised ``size`` slices, cached on disk.
 
@@ -221,6 +245,8 @@ def prepare_dataset(
             ``percentile_zscore``, ``minmax``, ``ct_window``, ``none``); ``None``: the default for the
             dataset's modality (:func:`~.preprocess.default_normalizer`).
         normalizer_params: its keyword arguments, e.g. ``{"low": 1, "high": 99}``.
+        context: 2.5-D: stack each slice with its ``context`` neighbours on either side of the same
+            volume as channels (:func:`~.preprocess.stack_context`), ``(2 context + 1) C`` channels.
 
     Used in chapters 1, 3, 4, 6, 7 and 8.
     """
@@ -231,15 +257,7 @@ def prepare_dataset(
     else:
         dataset = get_dataset(name, root)
     info = dataset.info
-    # check cheap arguments now rather than after minutes of reading
-    if not 0.0 <= keep_empty <= 1.0:
-        raise ValueError(f"keep_empty must be a fraction in [0, 1], got {keep_empty}")
-    if resize_mode not in RESIZE_MODES:
-        raise ValueError(f"unknown resize mode {resize_mode!r}; use one of {RESIZE_MODES}")
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"size must be (H, W) with positive sides, got {size}")
-    if crop is not None and (len(crop) != 2 or min(crop) < 1):
-        raise ValueError(f"crop must be (H, W) with positive sides, got {crop}")
+    _check_arguments(size, keep_empty, resize_mode, crop, context)  # now rather than after minutes of reading
     method, norm_kw = _normalizer(info, normalizer, normalizer_params, window)
     params = {
         "size": [int(size[0]), int(size[1])],
@@ -254,6 +272,8 @@ def prepare_dataset(
         params["normalizer_params"] = others
     if crop is not None:
         params["crop"] = [int(crop[0]), int(crop[1])]
+    if context:  # only when set, like crop: the keys of 2-D tables stay what they were
+        params["context"] = int(context)
     path = cache_path(dataset, params, cache_dir)
     if path.exists() and not rebuild:
         try:

@@ -12,6 +12,7 @@
   nearest-neighbour sampling so they never receive in-between label values; spacing follows the
   resizing so that millimetre metrics (HD95) stay right.
 * Slices: :func:`select_slices` keeps every slice with foreground and a stated fraction of empty ones.
+* 2.5-D: :func:`stack_context` gives each slice its neighbours as extra channels (``data.context``).
 """
 
 from __future__ import annotations
@@ -276,6 +277,22 @@ def resize_slices(
         if mask is not None:
             mask = pad_or_crop(mask, size, 0)
     return image.astype(np.float32, copy=False), mask, new_spacing
+
+
+def stack_context(image: np.ndarray, k: int) -> np.ndarray:
+    """Slices ``(S, C, H, W)`` of ONE volume -> ``(S, (2k + 1) C, H, W)``: each slice with its ``k`` neighbours.
+
+    Channel ``j * C + c`` of slice ``s`` is channel ``c`` of slice ``s + j - k`` (``j = 0 .. 2k``), so
+    the centre block is the slice itself; past the first and last slice the edge slice is repeated.
+    With 1-channel MRI and ``k = 1`` the three channels fit an ImageNet first conv as it is. Used in chapter 10.
+    """
+    if k < 0:
+        raise ValueError(f"context must be >= 0 slices, got {k}")
+    if k == 0:
+        return image
+    s, c, h, w = image.shape
+    neighbours = np.clip(np.arange(s)[:, None] + np.arange(-k, k + 1)[None, :], 0, s - 1)  # (S, 2k + 1)
+    return np.ascontiguousarray(image[neighbours].reshape(s, (2 * k + 1) * c, h, w))
 
 
 def select_slices(masks: np.ndarray, keep_empty: float = 1.0, seed: int = 0) -> tuple[np.ndarray, dict]:

@@ -9,6 +9,11 @@ and then loads weights itself, so nothing is ever downloaded behind your back:
 * ``weights=<path>``: one of our checkpoints (``checkpoint.py``; encoder + decoder, and the head
   too when the number of classes matches) or a plain encoder state dict (``.pth``/``.safetensors``).
 
+**In 3-D** (``dims=3``, chapter 10) the 2-D smp Unet is built and loaded exactly so, then inflated
+(``inflate.py``: ``"i3d"`` or ``"acs"``): ImageNet weights give the inflated ImageNet start,
+``weights=None`` the same 3-D architecture from scratch. ``arch="monai_unet"`` is instead MONAI's
+U-Net (``monai.networks.nets.UNet``, the field's standard 3-D baseline), always from scratch.
+
 **Input normalisation is a choice, not a rule.** Pretrained filters expect the intensity
 statistics of their training images (``input_normalization`` gives them for 0-1 inputs). Our
 slices are already normalised per volume (z-scored MRI, windowed CT), so the book compares
@@ -33,6 +38,7 @@ from torch import nn
 from ..names import lookup
 from .channels import adapt_first_conv_state, first_conv_name
 from .checkpoint import CheckpointError, check_expected, read_checkpoint
+from .inflate import inflate
 from .weights import IMAGENET_SOURCES
 
 # torchvision's ImageNet statistics (RGB, inputs scaled to 0-1): VGG and ResNet weights.
@@ -73,6 +79,10 @@ ARCHS: dict[str, type[nn.Module]] = {
     "fpn": smp.FPN,
     "deeplabv3plus": smp.DeepLabV3Plus,
 }
+MONAI_UNET_NAME = "monai_unet"  # not smp's: no encoder, built from `params`
+# MONAI's U-Net as MONAI's 3-D tutorials configure it (spleen, brain tumour): five levels of
+# 16-256 channels, four stride-2 downsamplings (sides must be multiples of 16), two residual units each
+MONAI_UNET: dict[str, Any] = {"channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2), "num_res_units": 2}
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,9 @@ class ModelSpec:
     classes: int = 2
     weights: str | None = None  # "imagenet", None (scratch) or the file the weights came from
     smp_kwargs: dict[str, Any] = field(default_factory=dict)
+    dims: int = 2  # 3: takes (N, C, D, H, W) volumes
+    inflate: str | None = None  # how the 2-D smp model became 3-D ("i3d", "acs"); None for 2-D and monai_unet
+    params: dict[str, Any] = field(default_factory=dict)  # monai_unet's keyword arguments
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,9 +115,30 @@ def encoder_spec(name: str) -> EncoderSpec:
     return lookup(ENCODERS, name, "encoder")
 
 
-def arch_class(name: str) -> type[nn.Module]:
-    """The smp architecture registered as ``name`` in ``ARCHS``."""
-    return lookup(ARCHS, name, "architecture")
+def arch_class(name: str) -> type[nn.Module] | None:
+    """The smp architecture registered as ``name`` in ``ARCHS`` (``None`` for ``monai_unet``, which is not smp's)."""
+    return lookup({**ARCHS, MONAI_UNET_NAME: None}, name, "architecture")
+
+
+def monai_unet_settings(params: Mapping[str, Any]) -> dict[str, Any]:
+    """:data:`MONAI_UNET` with ``params`` on top: the keyword arguments of ``monai.networks.nets.UNet``."""
+    fixed = sorted({"spatial_dims", "in_channels", "out_channels"} & set(params))
+    if fixed:
+        raise ValueError(f"{fixed[0]!r} follows from model.dims, model.in_channels and model.classes; drop it")
+    settings = {**MONAI_UNET, **params}
+    if len(settings["strides"]) != len(settings["channels"]) - 1:
+        raise ValueError(f"strides {list(settings['strides'])} need one entry fewer than channels "
+                         f"{list(settings['channels'])} (one stride between two levels)")
+    return settings
+
+
+def monai_unet(in_channels: int, classes: int, dims: int = 3, **params: Any) -> nn.Module:
+    """MONAI's U-Net (``monai.networks.nets.UNet``) with :data:`MONAI_UNET` defaults, random weights. Used in chapter 10."""
+    from monai.networks.nets import (
+        UNet,  # imported here: MONAI takes seconds to import, and 2-D runs never need it
+    )
+
+    return UNet(spatial_dims=dims, in_channels=in_channels, out_channels=classes, **monai_unet_settings(params))
 
 
 def build_model(
@@ -114,6 +148,10 @@ def build_model(
     classes: int = 2,
     arch: str = "unet",
     transfer: str = "auto",
+    *,
+    dims: int = 2,
+    inflation: str = "i3d",
+    params: Mapping[str, Any] | None = None,
     **smp_kwargs: Any,
 ) -> nn.Module:
     """Build an smp segmentation model and load ``weights`` (see the module docstring).
@@ -121,10 +159,21 @@ def build_model(
     ``smp_kwargs`` go to the smp architecture (e.g. ``decoder_channels``). From one of our
     checkpoints, ``transfer="auto"`` loads the encoder plus the decoder (and head) where they fit;
     ``transfer="encoder"`` loads the encoder only, so that comparing sources compares encoders.
+    ``dims=3`` inflates the loaded 2-D model (``inflation``: ``"i3d"`` or ``"acs"``);
+    ``arch="monai_unet"`` builds :func:`monai_unet` from ``params`` (``weights`` must be ``None``).
     The model carries ``medseg_config`` (a ``ModelSpec``) and ``medseg_transfer`` (which parts were loaded).
 
-    Used in chapters 1, 2, 5, 6, 7, 8 and 9.
+    Used in chapters 1, 2, 5, 6, 7, 8, 9 and 10.
     """
+    if dims not in (2, 3):
+        raise ValueError(f"dims must be 2 or 3, got {dims!r}")
+    if arch == MONAI_UNET_NAME:
+        if weights is not None or smp_kwargs:
+            raise ValueError("monai_unet trains from scratch (weights=None) and takes params, not smp keyword arguments")
+        model = monai_unet(in_channels, classes, dims, **dict(params or {}))
+        model.medseg_config = ModelSpec(encoder, arch, in_channels, classes, None, {}, dims, None, dict(params or {}))
+        model.medseg_transfer = {}
+        return model
     spec = encoder_spec(encoder)
     arch_cls = arch_class(arch)
     clash = {"encoder_name", "encoder_weights"} & set(smp_kwargs)
@@ -137,9 +186,8 @@ def build_model(
         classes=classes,
         **smp_kwargs,
     )
-    config = ModelSpec(
-        encoder, arch, in_channels, classes, None if weights is None else str(weights), smp_kwargs
-    )
+    config = ModelSpec(encoder, arch, in_channels, classes, None if weights is None else str(weights), smp_kwargs,
+                       dims, inflation if dims == 3 else None)
     if weights is None:
         transfer: dict[str, str] = {}
     elif weights == "imagenet":
@@ -148,6 +196,8 @@ def build_model(
         transfer = {"encoder": "imagenet"}
     else:
         transfer = _load_file(model, config, Path(weights), encoder_only=_transfer_mode(transfer))
+    if dims == 3:  # the 2-D weights just loaded (or drawn) start the 3-D network
+        model = inflate(model, inflation)
     model.medseg_config = config
     model.medseg_transfer = transfer
     return model
@@ -203,6 +253,9 @@ def _load_file(model: nn.Module, config: ModelSpec, path: Path, encoder_only: bo
         return {"encoder": "loaded"}
 
     source = ModelSpec.from_dict(meta["config"])
+    if source.dims != 2 or source.arch == MONAI_UNET_NAME:
+        raise ValueError(f"{path}: a 3-D ({source.arch}) checkpoint; weights= starts a model from 2-D weights "
+                         "(a 3-D model inflates them after loading)")
     if source.encoder != config.encoder:
         raise ValueError(
             f"{path}: checkpoint has encoder {source.encoder!r}, but {config.encoder!r} was requested"
@@ -256,11 +309,16 @@ def input_normalization(
 
 
 def normalize_input(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """``(x - mean) / std`` per channel for a (..., C, H, W) tensor scaled to 0-1. Used in chapter 2."""
-    if x.ndim < 3 or x.shape[-3] != len(mean) or len(mean) != len(std):
+    """``(x - mean) / std`` per channel for a (..., C, H, W) tensor scaled to 0-1, or a (N, C, D, H, W) volume.
+
+    Used in chapter 2.
+    """
+    axis = 1 if x.ndim == 5 else x.ndim - 3  # a batch of volumes keeps its channels at 1, as torch does
+    if x.ndim < 3 or x.shape[axis] != len(mean) or len(mean) != len(std):
         raise ValueError(f"{len(mean)} means / {len(std)} stds for a tensor of shape {tuple(x.shape)}")
-    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    shape = (-1,) + (1,) * (x.ndim - axis - 1)
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(shape)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(shape)
     return (x - m) / s
 
 
@@ -282,9 +340,8 @@ def load_checkpoint(
     if expect:
         check_expected(path, meta, expect)
     config = ModelSpec.from_dict(meta["config"])
-    model = build_model(
-        config.encoder, None, config.in_channels, config.classes, config.arch, **config.smp_kwargs
-    )
+    model = build_model(config.encoder, None, config.in_channels, config.classes, config.arch, dims=config.dims,
+                        inflation=config.inflate or "i3d", params=config.params, **config.smp_kwargs)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
