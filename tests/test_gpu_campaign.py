@@ -17,3 +17,10 @@ def test_dry_run_lists_every_experiment_the_gpu_tests_and_the_benchmark() -> Non
 def test_every_part_is_bounded_by_the_budget() -> None:
     for _, cmd in _commands(540, ["losses"]):
         assert cmd[0] == "timeout" and int(cmd[1]) <= 540
+
+
+def test_a_tuned_experiment_gets_a_second_pass_for_its_later_seeds() -> None:
+    (_, cmd), = [(n, c) for n, c in _commands(540, ["optimizers"]) if n == "optimizers"]
+    assert cmd[2:4] == ["sh", "-c"] and cmd[4].count("experiment optimizers --preset gpu") == 2
+    (_, plain), = [(n, c) for n, c in _commands(540, ["losses"]) if n == "losses"]
+    assert "sh" not in plain and plain.count("losses") == 1

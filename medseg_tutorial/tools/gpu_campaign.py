@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 import time
 
-from ..experiment import list_experiments, run_experiment
+from ..experiment import list_experiments, load_experiment, run_experiment
 from ..paths import REPO
 
 __all__ = ["campaign"]
@@ -26,8 +27,13 @@ __all__ = ["campaign"]
 def _commands(budget_s: int, experiments: list[str]) -> list[tuple[str, list[str]]]:
     py = sys.executable
     per_run = max(60, budget_s - 30)
-    runs = [(name, ["timeout", str(per_run), py, "-m", "medseg_tutorial.cli", "experiment", name, "--preset", "gpu",
-                    "--threads", "2", "--no-progress", "--rerun-stale"]) for name in experiments]
+    runs = []
+    for name in experiments:
+        cmd = [py, "-m", "medseg_tutorial.cli", "experiment", name, "--preset", "gpu", "--threads", "2",
+               "--no-progress", "--rerun-stale"]
+        if load_experiment(name, "gpu").tune:  # a second pass runs the seeds that waited for the tuning seed
+            cmd = ["sh", "-c", f"{shlex.join(cmd)} && {shlex.join(cmd)}"]
+        runs.append((name, ["timeout", str(per_run), *cmd]))
     runs.append(("gpu-tests", ["timeout", str(per_run), py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
                                str(REPO / "tests")]))
     runs.append(("bench", ["timeout", str(per_run), py, "-m", "medseg_tutorial.cli", "bench", "--device", "cuda",
