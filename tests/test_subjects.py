@@ -48,3 +48,20 @@ def test_fingerprints_have_one_row_per_volume(shared_root: Path) -> None:
 def test_ratio_must_be_positive_to_find_anything(bad: float) -> None:
     prints = pd.DataFrame({"x": [1.0, 1.0001, 5.0, 9.0]}, index=list("abcd"))
     assert likely_pairs(prints, ratio=bad).empty
+
+
+def test_leak_effect_compares_test_volumes_whose_twin_was_trained_on(shared_root: Path, tmp_path: Path) -> None:
+    from medseg_tutorial.data.splits import patient_split
+    from medseg_tutorial.tools.subjects import leak_effect
+
+    prints = fingerprints("msd_hippocampus", shared_root)
+    split = patient_split(list(prints.index), (0.7, 0.1, 0.2), seed=0)
+    sides = twin_sides(split, likely_pairs(prints))
+    # a planted leak: volumes whose twin was trained on score 0.9, the others 0.8 (two classes, two runs)
+    rows = [{"run_id": run, "patient_id": p, "class_name": c, "dice": 0.9 if sides[p] == "train" else 0.8}
+            for run in ("r1", "r2") for p in split.test for c in ("anterior", "posterior")]
+    pd.DataFrame(rows).to_csv(tmp_path / "patients.csv", index=False)
+    out = leak_effect(tmp_path / "patients.csv", root=shared_root)
+    assert out["test_volumes"] == 52 and out["twin_in_training"] + out["others"] == 52
+    assert out["twin_in_training"] == sum(side == "train" for side in sides.values()) > 5
+    assert out["difference"] == pytest.approx(0.1) and out["ci95"] == pytest.approx([0.1, 0.1])
