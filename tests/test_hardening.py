@@ -86,13 +86,10 @@ def test_bad_parameter_keys_and_values_fail_when_the_config_loads(override: str,
         load_config("phantom", [*extra, override])
 
 
-def test_a_config_mistake_is_one_line_before_any_data_is_read(tmp_path: Path, capsys) -> None:
+def test_a_config_mistake_is_one_line_before_any_data_is_read(tmp_path: Path, capsys, monkeypatch) -> None:
     cache = tmp_path / "cache"
-    os.environ["MEDSEG_CACHE_DIR"] = str(cache)
-    try:
-        code, err = _cli(capsys, "train", "--config", "phantom", "data.options={resize: pad}")
-    finally:
-        del os.environ["MEDSEG_CACHE_DIR"]
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(cache))  # restored afterwards: later tests keep the session cache
+    code, err = _cli(capsys, "train", "--config", "phantom", "data.options={resize: pad}")
     assert code == 2 and _one_line(err).startswith("medseg train: error: data.options: unknown option 'resize'")
     assert not (cache / "prepared").exists()  # refused before preparation
 
