@@ -15,10 +15,11 @@ and then loads weights itself, so nothing is ever downloaded behind your back:
 U-Net (``monai.networks.nets.UNet``, the field's standard 3-D baseline), always from scratch.
 
 **Input normalisation is a choice, not a rule.** Pretrained filters expect the intensity
-statistics of their training images (``input_normalization`` gives them for 0-1 inputs). Our
-slices are already normalised per volume (z-scored MRI, windowed CT), so the book compares
-feeding them as they are with rescaling to 0-1 and applying the encoder's statistics
-(``normalize_input``). Whatever you choose, store it with ``save_checkpoint(normalization=...)``
+statistics of their training images (``input_normalization`` gives them for 0-1 inputs).
+``input_norm: encoder`` applies them (``normalize_input``) to the slices as prepared, with no
+rescaling first, so it fits slices already on 0-1 (ACDC's, 8-bit images with ``scale_8bit``); the
+z-scored MRI configs use ``input_norm: none`` (mean 0, std 1 is what the first convolution and its
+BatchNorm then adapt to). Whatever you choose, store it with ``save_checkpoint(normalization=...)``
 so that inference repeats it.
 """
 
