@@ -11,7 +11,6 @@ import errno
 import hashlib
 import io
 import json
-import re
 import stat
 import tarfile
 import threading
@@ -21,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from _loopback import send_with_range
 
 from medseg_tutorial.data.errors import DataError
 from medseg_tutorial.tools.download import ResumableDownloader, extract_archive, fetch_msd
@@ -129,18 +129,9 @@ class _Server:
                 if data is None:
                     self.send_error(404)
                     return
-                start = 0
-                if match := re.fullmatch(r"bytes=(\d+)-", rng or ""):
-                    start = int(match.group(1))
-                    if start >= len(data):
-                        self.send_error(416)
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(data) - start))
-                self.end_headers()
+                start = send_with_range(self, data)
+                if start is None:
+                    return
                 trickle, server.trickle_after = server.trickle_after, None
                 try:
                     if trickle is None:

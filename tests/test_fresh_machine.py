@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from _loopback import send_with_range
 
 from medseg_tutorial.data import DataError, iter_cases
 from medseg_tutorial.data.msd import read_msd_task
@@ -43,19 +43,9 @@ class _Server:
                     self.send_error(404)
                     return
                 data = path.read_bytes()
-                start = 0
-                if match := re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or ""):
-                    start = int(match.group(1))
-                    if start >= len(data):
-                        self.send_error(416)
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(data) - start))
-                self.end_headers()
-                self.wfile.write(data[start:])
+                start = send_with_range(self, data)
+                if start is not None:
+                    self.wfile.write(data[start:])
 
             def log_message(self, *args) -> None:
                 pass
