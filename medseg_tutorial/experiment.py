@@ -255,9 +255,10 @@ def compute_plan(exp: Experiment, planned: list[RunSpec], finished: list[dict[st
     """
     b = exp.budget
     done_ids = {r.get("run_id") for r in finished}
-    pending = [spec for spec in planned if spec.run_id not in done_ids] + list(later)
+    todo = [spec for spec in planned if spec.run_id not in done_ids]
+    pending = todo + list(later)
     lines = [f"compute plan for {exp.name} ({exp.preset or 'no preset'}): {len(planned) + len(later)} runs, "
-             f"{len(planned) - len(pending) + len(later)} done, {len(pending)} to run"
+             f"{len(planned) - len(todo)} done, {len(pending)} to run"
              + (f" ({len(later)} of them after the tuning seed)" if later else "")]
     step = b.get("step_seconds")
     if step is None:
@@ -549,7 +550,7 @@ def _row(exp: Experiment, spec: RunSpec, cfg: Config, run_dir: Path) -> tuple[di
         "val_dice_best": info.get("best_score"), "best_epoch": info.get("best_epoch"),
         "epochs": info.get("epochs_run"), "stopped_early": info.get("stopped_early"), "wall_time_s": info.get("wall_time_s"), "hardware": hardware_label(info.get("hardware", {})),
         "commit": info.get("git_commit", "unknown"), "package_version": info.get("package_version", __version__),
-        "config": json.dumps(spec.overrides, sort_keys=True, separators=(",", ":"), default=str),
+        "config": _config_text(spec),
     }
     return row, [{"run_id": spec.run_id, **p} for p in patients]
 
@@ -573,6 +574,11 @@ def append_patient_rows(results: Path, rows: list[dict[str, Any]]) -> None:
         write_csv(out, [*old, *({k: _csv_value(v) for k, v in r.items()} for r in rows)], PATIENT_COLUMNS)
 
 
+def _config_text(spec: RunSpec) -> str:
+    """The ``config`` column: what distinguishes the run, as compact sorted JSON."""
+    return json.dumps(spec.overrides, sort_keys=True, separators=(",", ":"), default=str)
+
+
 def failed_path(results: Path) -> Path:
     """Where the runs that failed are listed: ``NAME.csv`` -> ``NAME_failed.csv``."""
     return results.with_name(f"{results.stem}_failed.csv")
@@ -590,7 +596,7 @@ def record_failure(results: Path, spec: RunSpec, error: str | None) -> None:
         rows = [r for r in read_rows(out) if r.get("run_id") != spec.run_id]
         if error is not None:
             rows.append({"run_id": spec.run_id, "arm": spec.label, "error": error, "commit": git_commit(),
-                         "config": json.dumps(spec.overrides, sort_keys=True, separators=(",", ":"), default=str)})
+                         "config": _config_text(spec)})
         write_csv(out, rows, ["run_id", "arm", "error", "commit", "config"])
 
 

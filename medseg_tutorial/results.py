@@ -192,12 +192,13 @@ def aggregate(
     if missing:
         raise KeyError(f"columns {missing} not in the table; it has {list(df.columns)}")
     bad = diverged(df) if drop_diverged and "val_dice_best" in df else pd.Series(False, index=df.index)
-    kept = df.assign(**{m: df[m].where(~bad) for m in metrics})  # NaN: not counted, the group stays
+    # NaN: not counted, the group stays
+    kept = df.assign(**{m: df[m].where(~bad) for m in metrics}, _diverged=bad)
     grouped = kept.groupby(by, sort=False, dropna=False)
     out = grouped[metrics].agg(["mean", "std"])
     out.columns = [stat if len(metrics) == 1 else f"{m}_{stat}" for m, stat in out.columns]
     out["n"] = grouped[metrics[0]].count()
-    out["n_diverged"] = bad.groupby([df[c] for c in by], sort=False, dropna=False).sum().reindex(out.index).values
+    out["n_diverged"] = grouped["_diverged"].sum()
     if "n_train_patients" in df.columns and "n_train_patients" not in by:
         out["n_train_patients"] = grouped["n_train_patients"].mean()
     out = out.reset_index()
