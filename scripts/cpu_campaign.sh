@@ -10,7 +10,7 @@
 #
 # Resumable across sessions: rows already in a table are skipped and a run cut short resumes from its
 # last.pt (run folders live under $CAMPAIGN_DIR, outside the repository). Each shard works through
-# the seeds in order, so a table committed half-way has whole seeds first. Runs that wait for a
+# seed 0 of every experiment first, then seed 1, then seed 2, so every table has a whole seed early. Runs that wait for a
 # tuning seed (optimizers: the other seeds run at the LR chosen on seed 0) are picked up by a second
 # pass once both shards are done. Commit the tables as rows land:
 #   git add book/results/cpu && git commit -m "..."
@@ -60,10 +60,10 @@ done
 
 [ -z "${CAMPAIGN_PLAN_ONLY:-}" ] || exit 0
 
-shard() {  # shard K/2 of every experiment, seed by seed
+shard() {  # shard K/2: seed 0 of every experiment, then seed 1, then seed 2 (every table fills in early)
     local k=$1
-    for name in "${experiments[@]}"; do
-        for seed in 0 1 2; do
+    for seed in 0 1 2; do
+        for name in "${experiments[@]}"; do
             run "$name" "$k/2" --where "train.seed=$seed" || echo "$name seed $seed shard $k/2: some runs failed"
         done
     done
