@@ -90,7 +90,8 @@ COLUMNS = (
     "n_train_patients", "seed", "loss", "loss_mode", "optimizer", "lr", "split", "n_test_patients", "test_dice",
 )
 TAIL_COLUMNS = (
-    "val_dice_best", "best_epoch", "epochs", "stopped_early", "wall_time_s", "hardware", "commit", "package_version", "config",
+    "val_dice_best", "best_epoch", "epochs", "stopped_early", "n_params", "test_seconds", "wall_time_s", "hardware",
+    "commit", "package_version", "config",
 )
 
 
@@ -538,7 +539,9 @@ def evaluate_test(run_dir: Path, cfg: Config) -> tuple[dict[str, Any], list[dict
 def _row(exp: Experiment, spec: RunSpec, cfg: Config, run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The results-table row of a finished run, and its per-patient test scores."""
     info = json.loads((run_dir / "run.json").read_text())
+    started = time.perf_counter()
     test, patients = evaluate_test(run_dir, cfg)
+    test_seconds = time.perf_counter() - started  # inference and scoring (Dice, HD95) of every test volume
     row = {
         "experiment": exp.name, "run_id": spec.run_id, "preset": exp.preset or "", "arm": spec.label,
         "dataset": cfg.data.dataset, "strategy": cfg.strategy.name,
@@ -548,14 +551,16 @@ def _row(exp: Experiment, spec: RunSpec, cfg: Config, run_dir: Path) -> tuple[di
         "seed": cfg.train.seed, "loss": cfg.loss.name, "loss_mode": cfg.loss.mode, "optimizer": cfg.optim.name,
         "lr": info.get("lr", cfg.optim.lr), "split": cfg.data.split_mode, **test,
         "val_dice_best": info.get("best_score"), "best_epoch": info.get("best_epoch"),
-        "epochs": info.get("epochs_run"), "stopped_early": info.get("stopped_early"), "wall_time_s": info.get("wall_time_s"), "hardware": hardware_label(info.get("hardware", {})),
+        "epochs": info.get("epochs_run"), "stopped_early": info.get("stopped_early"),
+        "n_params": info.get("parameters", {}).get("total"), "test_seconds": test_seconds, "wall_time_s": info.get("wall_time_s"), "hardware": hardware_label(info.get("hardware", {})),
         "commit": info.get("git_commit", "unknown"), "package_version": info.get("package_version", __version__),
         "config": _config_text(spec),
     }
     return row, [{"run_id": spec.run_id, **p} for p in patients]
 
 
-CURVE_COLUMNS = ("epoch", "step", "train_loss", "lr", "val_dice")
+# time: seconds of the epoch, its validation included
+CURVE_COLUMNS = ("epoch", "step", "train_loss", "lr", "val_dice", "time")
 PATIENT_COLUMNS = ("run_id", "patient_id", "class_name", "dice", "hd95")
 
 

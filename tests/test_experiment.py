@@ -127,6 +127,10 @@ def test_every_experiment_runs_in_smoke_mode(path: Path, shared_root: Path, tmp_
                    "loss", "optimizer", "split", "val_dice_best", "best_epoch", "wall_time_s", "hardware",
                    "commit", "package_version", "config"):
         assert row[column] != "", column
+    # chapter 10's table: the model's size and the cost of scoring the test volumes
+    assert int(row["n_params"]) > 1000 and float(row["test_seconds"]) > 0
+    curves = read_rows(results.with_name("results_curves.csv"))
+    assert curves and all(float(c["time"]) > 0 for c in curves)  # seconds per epoch, validation included
 
 
 # --- grids, run ids and the results table ------------------------------------------------------------
