@@ -36,12 +36,16 @@ import numpy as np
 import pandas as pd
 
 from .paths import REPO
+from .stats import Comparison, hierarchical_bootstrap, holm, multiplicity_note, paired_test
 
 __all__ = [
     "aggregate",
+    "compare",
+    "compare_table",
     "describe_differences",
     "diverged",
     "load_curves",
+    "load_patients",
     "load_results",
     "mean_std_table",
     "missing_message",
@@ -324,6 +328,99 @@ def run_provenance(df: pd.DataFrame) -> str:
         t = df["wall_time_s"].dropna()
         parts.append(f"wall time {t.sum() / 3600:.2f} h in total, median {t.median():.0f} s per run")
     return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# Paired comparisons over seeds and test patients (what every comparison sentence is made from)
+# --------------------------------------------------------------------------------------------------
+
+
+def load_patients(name: str, folder: str | os.PathLike | None = None, drop_diverged: bool = True
+                  ) -> pd.DataFrame | None:
+    """One row per (run, test patient) of table ``name``: the run's columns, ``dice`` and ``hd95``.
+
+    ``dice`` is the patient's mean over the foreground classes and ``hd95`` the mean of its finite
+    per-class HD95 (mm), both from ``NAME_patients.csv``, which the runner writes beside the table.
+    Runs that :func:`diverged` are left out (``drop_diverged``) and listed in ``attrs["diverged"]``,
+    so they are reported apart instead of averaged in. ``None`` if either table is absent.
+
+    Used in chapters 3-7, 9 and 10.
+    """
+    runs = load_results(name, folder)
+    path = results_path(f"{Path(name).name.removesuffix('.csv')}_patients", results_path(name, folder).parent)
+    if runs is None or not path.is_file():
+        return None
+    scores = pd.read_csv(path)
+    bad = diverged(runs) if drop_diverged else pd.Series(False, index=runs.index)
+    per_patient = (scores.assign(hd95=scores["hd95"].where(np.isfinite(scores["hd95"])))
+                   .groupby(["run_id", "patient_id"], sort=False)[["dice", "hd95"]].mean().reset_index())
+    out = per_patient.merge(runs[~bad].drop(columns=["hd95"], errors="ignore"), on="run_id", how="inner")
+    out.attrs["diverged"] = runs.loc[bad, "run_id"].tolist()
+    return out if len(out) else None
+
+
+def _where(df: pd.DataFrame, where: dict[str, Any] | None) -> pd.DataFrame:
+    for column, value in (where or {}).items():
+        if column not in df.columns:
+            raise KeyError(f"column {column!r} not in the table; it has {list(df.columns)}")
+        df = df[np.isclose(df[column], value)] if isinstance(value, float) else df[df[column] == value]
+    return df
+
+
+def compare(scores: pd.DataFrame, arm: str, a: Any, b: Any, where: dict[str, Any] | None = None,
+            metric: str = "dice", n_boot: int = 10_000, seed: int = 0) -> Comparison:
+    """Arm ``a`` minus arm ``b`` on ``metric``, paired over (seed, test patient), with a bootstrap CI.
+
+    ``scores`` is a :func:`load_patients` table; ``where`` keeps the rows of one cell (e.g.
+    ``{"label_fraction": 0.25}``). Seeds and patients are both resampled
+    (:func:`medseg_tutorial.stats.hierarchical_bootstrap`), so the interval covers a new training
+    run as well as new patients. ``Comparison.sentence`` says it in words; ``direction`` is what a
+    chapter's hidden check cell asserts.
+
+    Used in chapters 3-7, 9 and 10.
+    """
+    return hierarchical_bootstrap(_where(scores, where), metric, arm, a, b, unit="patient_id", group="seed",
+                                  n_boot=n_boot, seed=seed)
+
+
+def compare_table(scores: pd.DataFrame, arm: str, baseline: Any, by: Sequence[str] = (),
+                  metric: str = "dice", names: dict[Any, str] | None = None, n_boot: int = 10_000,
+                  alpha: float = 0.05) -> pd.DataFrame:
+    """Every other level of ``arm`` against ``baseline``, within each cell of ``by``: one row each.
+
+    Columns: ``by``, ``arm``, ``difference``, ``low``, ``high`` (95% CI of level minus baseline),
+    ``direction``, ``p`` (bootstrap), ``p_holm`` (Holm-adjusted over the whole table),
+    ``wilcoxon_p`` (on the per-patient differences averaged over seeds), ``seeds``, ``patients``,
+    ``note`` (when the CI is likely too narrow), ``sentence``. ``attrs["note"]`` is the table's multiplicity note. For HD95 (lower is better)
+    a negative difference favours the level. ``names`` maps levels to the words of the sentences.
+
+    Used in chapters 3-7, 9 and 10.
+    """
+    names = names or {}
+    rows = []
+    cells = scores.groupby(list(by), sort=False) if by else [((), scores)]
+    for key, cell in cells:
+        key = key if isinstance(key, tuple) else (key,)
+        for level in order_levels(cell[arm], arm):
+            if level == baseline or baseline not in set(cell[arm]):
+                continue
+            c = compare(cell, arm, level, baseline, metric=metric, n_boot=n_boot)
+            pair = cell[cell[arm].isin([level, baseline])]
+            means = pair.pivot_table(index=["seed", "patient_id"], columns=arm, values=metric).dropna()
+            by_patient = means.groupby(level="patient_id").mean()
+            test = paired_test(by_patient[level], by_patient[baseline])
+            label = "HD95 (mm)" if metric == "hd95" else "Dice"
+            rows.append({**dict(zip(by, key)), arm: level, "difference": c.difference, "low": c.low,
+                         "high": c.high, "direction": c.direction, "p": c.p_value, "wilcoxon_p": test.wilcoxon_p,
+                         "seeds": c.n_groups, "patients": c.n_units, "note": c.note,
+                         "sentence": c.sentence(names.get(level, str(level)), names.get(baseline, str(baseline)),
+                                                metric=label)})
+    out = pd.DataFrame(rows, columns=[*by, arm, "difference", "low", "high", "direction", "p", "p_holm",
+                                      "wilcoxon_p", "seeds", "patients", "note", "sentence"])
+    if len(out):
+        out["p_holm"] = holm(out["p"].to_numpy(dtype=float))
+        out.attrs["note"] = multiplicity_note(len(out), alpha)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

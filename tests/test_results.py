@@ -218,3 +218,76 @@ def test_diverged_runs_are_counted_apart_not_averaged_in() -> None:
     assert everything.loc["rmsprop", "mean"] == pytest.approx(0.54) and everything.loc["rmsprop", "n"] == 3
     table = results.mean_std_table(df.assign(setting="x"), "optimizer", "setting")
     assert table.loc["rmsprop", "x"] == "0.810 ± 0.014"
+
+
+# --- paired comparisons from the per-patient table -----------------------------------------------------
+
+
+def _patient_tables(folder, diverged_seed: int | None = None) -> None:
+    """3 seeds x 12 patients x 2 classes; full_finetune = scratch + 0.05 Dice on every patient."""
+    rng = np.random.default_rng(0)
+    runs, scores = [], []
+    base = rng.uniform(0.6, 0.9, 12)
+    for strategy, offset in (("scratch", 0.0), ("full_finetune", 0.05)):
+        for seed in range(3):
+            run_id = f"{strategy}-{seed}"
+            bad = strategy == "full_finetune" and seed == diverged_seed
+            runs.append({"run_id": run_id, "strategy": strategy, "seed": seed, "label_fraction": 0.25,
+                         "test_dice": 0.0 if bad else 0.8, "val_dice_best": 0.01 if bad else 0.8, "hd95": 2.0})
+            for p, b in enumerate(base):
+                for cls, shift in (("anterior", 0.01), ("posterior", -0.01)):
+                    dice = 0.0 if bad else b + offset + shift + rng.normal(0, 0.002)
+                    scores.append({"run_id": run_id, "patient_id": f"p{p:02d}", "class_name": cls,
+                                   "dice": dice, "hd95": 3.0 - 10 * offset if cls == "anterior" else np.inf})
+    pd.DataFrame(runs).to_csv(folder / "toy.csv", index=False)
+    pd.DataFrame(scores).to_csv(folder / "toy_patients.csv", index=False)
+
+
+def test_load_patients_averages_classes_and_sets_diverged_runs_apart(tmp_path):
+    _patient_tables(tmp_path, diverged_seed=2)
+    scores = results.load_patients("toy", tmp_path)
+    assert scores.attrs["diverged"] == ["full_finetune-2"]
+    assert len(scores) == 5 * 12 and "full_finetune-2" not in set(scores["run_id"])
+    one = scores[(scores["run_id"] == "scratch-0") & (scores["patient_id"] == "p00")].iloc[0]
+    raw = pd.read_csv(tmp_path / "toy_patients.csv")
+    assert one["dice"] == pytest.approx(raw[(raw.run_id == "scratch-0") & (raw.patient_id == "p00")]["dice"].mean())
+    assert one["hd95"] == pytest.approx(3.0)  # the infinite class (nothing predicted) is left out of the mean
+    assert results.load_patients("absent", tmp_path) is None
+
+
+def test_compare_finds_a_known_difference_and_pairs_only_common_seeds(tmp_path):
+    _patient_tables(tmp_path, diverged_seed=2)
+    scores = results.load_patients("toy", tmp_path)
+    c = results.compare(scores, "strategy", "full_finetune", "scratch", n_boot=2000)
+    assert c.difference == pytest.approx(0.05, abs=0.002) and c.direction == 1
+    assert c.n_groups == 2 and c.n_units == 12  # seed 2 diverged: its pairs are not compared
+    assert c.low > 0.04 and c.high < 0.06
+    reverse = results.compare(scores, "strategy", "scratch", "full_finetune", n_boot=2000)
+    assert reverse.direction == -1 and "lower Dice" in reverse.sentence("scratch", "full_finetune")
+    with pytest.raises(KeyError, match="not in the table"):
+        results.compare(scores, "strategy", "full_finetune", "scratch", where={"optimizer": "sgd"})
+
+
+def test_compare_table_rows_holm_and_hd95_sign(tmp_path):
+    _patient_tables(tmp_path)
+    scores = results.load_patients("toy", tmp_path)
+    table = results.compare_table(scores, "strategy", "scratch", by=["label_fraction"], n_boot=2000,
+                                  names={"full_finetune": "full fine-tuning"})
+    assert len(table) == 1 and table.loc[0, "strategy"] == "full_finetune"
+    assert table.loc[0, "direction"] == 1 and table.loc[0, "p_holm"] >= table.loc[0, "p"]
+    assert table.loc[0, "sentence"].startswith("full fine-tuning scores 0.05")
+    assert table.loc[0, "wilcoxon_p"] < 0.01 and "1 comparison" in table.attrs["note"]
+    hd = results.compare_table(scores, "strategy", "scratch", metric="hd95", n_boot=2000)
+    assert hd.loc[0, "difference"] == pytest.approx(-0.5) and hd.loc[0, "direction"] == -1
+    assert "lower HD95 (mm)" in hd.loc[0, "sentence"]
+
+
+def test_compare_on_the_committed_data_efficiency_table():
+    """The first converged runs: all five strategies on all training volumes (seed 0)."""
+    scores = results.load_patients("cpu/data_efficiency")
+    if scores is None:
+        pytest.skip("book/results/cpu/data_efficiency.csv is not committed")
+    cell = scores[scores["label_fraction"] == 1.0]
+    assert cell.groupby("run_id")["patient_id"].nunique().eq(52).all()  # every test volume scored
+    c = results.compare(scores, "strategy", "full_finetune", "scratch", where={"label_fraction": 1.0}, n_boot=2000)
+    assert c.n_units == 52 and -0.05 < c.low <= c.difference <= c.high < 0.05
