@@ -42,6 +42,7 @@ __all__ = [
     "aggregate",
     "compare",
     "compare_table",
+    "comparison_markdown",
     "describe_differences",
     "diverged",
     "load_curves",
@@ -421,6 +422,27 @@ def compare_table(scores: pd.DataFrame, arm: str, baseline: Any, by: Sequence[st
         out["p_holm"] = holm(out["p"].to_numpy(dtype=float))
         out.attrs["note"] = multiplicity_note(len(out), alpha)
     return out
+
+
+def comparison_markdown(table: pd.DataFrame, scores: pd.DataFrame | None = None) -> str:
+    """A :func:`compare_table` as Markdown: one bullet per sentence (with its Holm-adjusted p), the
+    multiplicity note, and the diverged runs of ``scores`` (a :func:`load_patients` table) named apart.
+
+    Used in chapters 3-7, 9 and 10.
+    """
+    if table.empty:
+        return "_No pair of arms shares a seed and test patients yet: nothing to compare._"
+    lines = []
+    for _, row in table.iterrows():
+        caveat = f" _{row['note']}._" if row.get("note") else ""
+        lines.append(f"- {row['sentence']} Holm-adjusted p = {row['p_holm']:.2g}.{caveat}")
+    lines.append("")
+    lines.append(table.attrs.get("note", ""))
+    bad = [] if scores is None else scores.attrs.get("diverged", [])
+    if bad:
+        lines.append(f"\n{len(bad)} diverged {'run' if len(bad) == 1 else 'runs'} (best validation Dice below "
+                     f"{DIVERGED_BELOW}) left out of every comparison: {', '.join(map(str, bad))}.")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------

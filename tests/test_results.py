@@ -291,3 +291,12 @@ def test_compare_on_the_committed_data_efficiency_table():
     assert cell.groupby("run_id")["patient_id"].nunique().eq(52).all()  # every test volume scored
     c = results.compare(scores, "strategy", "full_finetune", "scratch", where={"label_fraction": 1.0}, n_boot=2000)
     assert c.n_units == 52 and -0.05 < c.low <= c.difference <= c.high < 0.05
+
+
+def test_comparison_markdown_lists_sentences_note_and_diverged_runs(tmp_path):
+    _patient_tables(tmp_path, diverged_seed=2)
+    scores = results.load_patients("toy", tmp_path)
+    text = results.comparison_markdown(results.compare_table(scores, "strategy", "scratch", n_boot=500), scores)
+    assert text.startswith("- full_finetune scores 0.05") and "Holm-adjusted p" in text
+    assert "only 2 seeds" in text and "1 diverged run" in text and "full_finetune-2" in text
+    assert "nothing to compare" in results.comparison_markdown(pd.DataFrame())
