@@ -680,19 +680,7 @@ def run_experiment(
                                             cache_dir() / "experiments" / exp.name / (exp.preset or "default"))
     keep_going = (not smoke) if keep_going is None else keep_going
 
-    k, n = shard
-    if not (n >= 1 and 0 <= k < n):
-        raise ConfigError(f"shard {k}/{n}: expected K/N with 0 <= K < N")
-    planned = expand_grid(exp, smoke)
-    for key, value in (where or {}).items():
-        if not any(key in spec.overrides for spec in planned):
-            raise ConfigError(f"{exp.path.name}: --where {key}: not an axis of the grid")
-        planned = [spec for spec in planned if spec.overrides.get(key) == value]
-    planned = planned[k::n]
-    for spec in planned:  # a typo in any run fails now, not hours into the sweep
-        check_config(spec)
-    for source in sorted({get_dotted(spec.raw, "model.source") for spec in planned} - {None}):
-        load_config(source_raw(exp, source, smoke))
+    planned = select_runs(exp, smoke, shard, where)
     if not dry_run:
         _check_writable(results)  # found now, not after the first hours of training
     report = ExperimentReport(exp.name, results, planned, run_root=root, dry_run=dry_run)
@@ -735,6 +723,26 @@ def run_experiment(
     if not dry_run and results.is_file():
         write_curves(results, root)
     return report
+
+
+def select_runs(exp: Experiment, smoke: bool, shard: tuple[int, int] = (0, 1),
+                where: dict[str, Any] | None = None) -> list[RunSpec]:
+    """The grid points of one shard that match ``where``, every config validated (a typo fails now,
+    not hours into the sweep), the source runs' configs included."""
+    k, n = shard
+    if not (n >= 1 and 0 <= k < n):
+        raise ConfigError(f"shard {k}/{n}: expected K/N with 0 <= K < N")
+    planned = expand_grid(exp, smoke)
+    for key, value in (where or {}).items():
+        if not any(key in spec.overrides for spec in planned):
+            raise ConfigError(f"{exp.path.name}: --where {key}: not an axis of the grid")
+        planned = [spec for spec in planned if spec.overrides.get(key) == value]
+    planned = planned[k::n]
+    for spec in planned:
+        check_config(spec)
+    for source in sorted({get_dotted(spec.raw, "model.source") for spec in planned} - {None}):
+        load_config(source_raw(exp, source, smoke))
+    return planned
 
 
 def _run_and_record(exp: Experiment, spec: RunSpec, smoke: bool, root: Path, results: Path, progress: bool | None,
