@@ -24,10 +24,13 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 ## Build the book, executing every chapter (HTML in _build/html).
+## Chapters already executed by `make test` with the same inputs come from its cache (see _config.yml).
 book: install
+	$(BIN)/python -m medseg_tutorial.tools.notebooks --prepare
 	$(BIN)/jupyter-book build . -W --keep-going
 
-## Run the whole test suite: unit tests, real-data tests and the notebooks (nbval).
+## Run the whole test suite: unit tests, real-data tests and every chapter (conftest.py: one test per
+## notebook, executed as the book build executes it and cached for it; `--nbval-lax` for cell by cell).
 ## Two workers, one torch thread each (two threads per worker would fight over 2 cores);
 ## --dist loadfile keeps each notebook's cells together in one kernel.
 test: install
