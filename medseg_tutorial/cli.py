@@ -161,8 +161,8 @@ def _data(args: argparse.Namespace) -> int:
 
 def _data_export_nnunet(args: argparse.Namespace) -> int:
     from .data import dataset_info, iter_cases
-    from .data.nnunet import export_nnunet
     from .data.splits import load_split
+    from .tools.nnunet_export import export_nnunet
 
     split = load_split(args.split) if args.split else None
     folder = export_nnunet(iter_cases(args.name, args.root), dataset_info(args.name), args.out, args.dataset_id,

@@ -14,10 +14,11 @@ from PIL import Image
 
 from medseg_tutorial.data import DataError, iter_cases
 from medseg_tutorial.data.msd import HIPPOCAMPUS
-from medseg_tutorial.data.nnunet import export_nnunet, is_msd_task, is_nnunet_raw, read_nnunet
+from medseg_tutorial.data.nnunet import is_msd_task, is_nnunet_raw, read_nnunet
 from medseg_tutorial.data.splits import Split
 from medseg_tutorial.data.types import Case, DatasetInfo
 from medseg_tutorial.errors import ConfigError
+from medseg_tutorial.tools.nnunet_export import export_nnunet
 
 # --- nnU-Net v2 raw datasets ----------------------------------------------------------------------
 
