@@ -83,9 +83,10 @@ class DataConfig:
     # "cpu": albumentations in the DataLoader; "device": the training slices are kept on the training
     # device and augmented there in batches (data.gpu_augment; same distributions, for small 2-D datasets)
     augment_on: AugmentOn = "cpu"
-    # "patient": whole patients are held out for validation (correct). "slice": validation slices are
-    # drawn at random from the training patients' volumes -- WRONG ON PURPOSE, for the leakage chapter.
-    # The test patients are held out in both modes.
+    # "patient": whole patients are held out for validation (correct). "slice": the training and
+    # validation patients' slices are pooled and the validation slices drawn from the pool at random
+    # (loaders.leaky_slice_split) -- WRONG ON PURPOSE, for the leakage chapter. The test patients are
+    # held out in both modes.
     split_mode: SplitMode = "patient"
     cache_dir: str | None = None  # prepared-slice cache; None means $MEDSEG_CACHE_DIR
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of prepare_dataset
