@@ -27,9 +27,11 @@ from medseg_tutorial.metrics import confusion_counts, dice_from_counts, iou_from
 __all__ = [
     "check_confusion",
     "check_dice",
+    "check_inflate_kernel",
     "check_iou",
     "check_patient_split",
     "check_softmax_decode",
+    "check_stack_context",
 ]
 
 
@@ -445,3 +447,116 @@ def check_softmax_decode(student_fn: Callable[[torch.Tensor], Any]) -> CheckResu
          lambda x: (x.exp() / x.exp().sum(1, keepdim=True)).argmax(1)),
     ]
     return _run("check_softmax_decode", student_fn, cases, _labels_compare, ("logits",), hints)
+
+
+# --------------------------------------------------------------------------------------------
+# From slices to volumes: I3D kernels and 2.5-D input (chapter 10)
+# --------------------------------------------------------------------------------------------
+
+
+def _array_compare(got: Any, expected: Any) -> str | None:
+    """Same shape and (nearly) the same values; a tensor or an array either way."""
+    if got is None:
+        return "expected an array, got None (did the function return its result?)"
+    try:
+        got = np.asarray(got.detach().cpu() if isinstance(got, torch.Tensor) else got, dtype=np.float64)
+    except (TypeError, ValueError):
+        return f"expected an array, got {_show(got)}"
+    expected = np.asarray(expected, dtype=np.float64)
+    if got.shape != expected.shape:
+        return f"expected shape {expected.shape}, got shape {got.shape}"
+    if not np.allclose(got, expected, rtol=1e-5, atol=1e-7):
+        return f"values differ by up to {np.abs(got - expected).max():.3g} (expected {_show(expected)}, got {_show(got)})"
+    return None
+
+
+def _i3d_reference(weight: torch.Tensor, depth: int) -> torch.Tensor:
+    """The package's I3D kernel: ``inflate`` applied to a conv holding ``weight``."""
+    from medseg_tutorial.models.inflate import inflate  # smp and timm load on first use only
+
+    out_channels, in_channels, kh, kw = weight.shape
+    conv = torch.nn.Conv2d(in_channels, out_channels, (kh, kw), bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        return inflate(conv, "i3d", depth).weight.detach().clone()
+
+
+def _centre_kernel(weight: torch.Tensor, depth: int) -> torch.Tensor:
+    out = torch.zeros(*weight.shape[:2], depth, *weight.shape[2:])
+    out[:, :, depth // 2] = weight
+    return out
+
+
+def check_inflate_kernel(student_fn: Callable[[torch.Tensor, int], Any]) -> CheckResult:
+    """Check ``student_fn(weight, depth) -> kernel``: a 2-D kernel ``(out, in, kh, kw)`` inflated the I3D way
+    to ``(out, in, depth, kh, kw)``, i.e. repeated ``depth`` times along dimension 2 and divided by ``depth``.
+
+    Used in chapter 10.
+    """
+    g = torch.Generator().manual_seed(10)
+    inputs = [
+        ("3 x 3 kernel, depth 3", torch.randn(4, 2, 3, 3, generator=g), 3),
+        ("5 x 5 kernel, depth 3 (thinner than wide)", torch.randn(2, 3, 5, 5, generator=g), 3),
+        ("3 x 3 kernel, depth 1", torch.randn(3, 1, 3, 3, generator=g), 1),
+        ("depthwise 3 x 3 (one input channel per group), depth 5", torch.randn(6, 1, 3, 3, generator=g), 5),
+        ("3 x 5 kernel, depth 3", torch.randn(2, 2, 3, 5, generator=g), 3),
+    ]
+    cases = [_Case(name, (w, d), _i3d_reference(w, d)) for name, w, d in inputs]
+    hints = [
+        ("each depth slice must be W / depth: without the division a volume of equal slices gets depth times the "
+         "2-D response, and the BatchNorm statistics after the layer no longer fit.",
+         lambda w, d: w.unsqueeze(2).repeat(1, 1, d, 1, 1)),
+        ("that is 'centre' inflation (the 2-D kernel in the middle slice, zeros elsewhere): it too keeps the 2-D "
+         "response on a volume of equal slices, but I3D repeats the kernel over the depth and divides by the depth.",
+         _centre_kernel),
+        ("divide by the depth of the new kernel, not by its height (they differ when depth != kh).",
+         lambda w, d: w.unsqueeze(2).repeat(1, 1, d, 1, 1) / w.shape[2]),
+        ("the depth axis is dimension 2: (out, in, depth, kh, kw), the layout of torch.nn.Conv3d weights for "
+         "(N, C, D, H, W) volumes.", lambda w, d: w.unsqueeze(-1).repeat(1, 1, 1, 1, d) / d),
+    ]
+    return _run("check_inflate_kernel", student_fn, cases, _array_compare, ("weight", "depth"), hints)
+
+
+def _context_reference(slices: np.ndarray, k: int) -> np.ndarray:
+    from medseg_tutorial.data.preprocess import stack_context
+
+    return stack_context(np.asarray(slices), k)
+
+
+def _zero_padded_context(slices: np.ndarray, k: int) -> np.ndarray:
+    zeros = np.zeros((k, *slices.shape[1:]), slices.dtype)
+    padded = np.concatenate([zeros, slices, zeros])
+    return np.concatenate([padded[j:j + len(slices)] for j in range(2 * k + 1)], axis=1)
+
+
+def _channel_major_context(slices: np.ndarray, k: int) -> np.ndarray:
+    stacked = _context_reference(slices, k)
+    s, c = slices.shape[:2]
+    return stacked.reshape(s, 2 * k + 1, c, *slices.shape[2:]).swapaxes(1, 2).reshape(stacked.shape)
+
+
+def check_stack_context(student_fn: Callable[[np.ndarray, int], Any]) -> CheckResult:
+    """Check ``student_fn(slices, k) -> array``: the 2.5-D input of one volume's slices ``(S, C, H, W)``,
+    ``(S, (2k + 1) C, H, W)`` with channel ``j * C + c`` of slice ``s`` = channel ``c`` of slice ``s + j - k``,
+    the edge slice repeated past either end.
+
+    Used in chapter 10.
+    """
+    def volume(s: int, c: int) -> np.ndarray:
+        return np.arange(s * c * 2 * 3, dtype=np.float32).reshape(s, c, 2, 3)
+
+    inputs = [("5 slices, 1 channel, k = 1", volume(5, 1), 1), ("4 slices, 2 channels, k = 1", volume(4, 2), 1),
+              ("3 slices, k = 2 (neighbours past both ends)", volume(3, 1), 2), ("one slice, k = 1", volume(1, 1), 1),
+              ("k = 0: the slices themselves", volume(3, 1), 0), ("6 slices, 3 channels, k = 2", volume(6, 3), 2)]
+    cases = [_Case(name, (x, k), _context_reference(x, k)) for name, x, k in inputs]
+    hints = [
+        ("the volume does not wrap around: past the first and the last slice, repeat the edge slice.",
+         lambda x, k: np.concatenate([np.roll(x, k - j, axis=0) for j in range(2 * k + 1)], axis=1)),
+        ("past either end, repeat the edge slice instead of padding with zeros (0 is the mean intensity of a "
+         "z-scored volume, not its background).", _zero_padded_context),
+        ("channel j * C + c holds channel c of neighbour j: keep each neighbour's C channels together.",
+         _channel_major_context),
+        ("channel 0 is the slice before (s - k) and the last channel the slice after (s + k), not the reverse.",
+         lambda x, k: _context_reference(x[::-1].copy(), k)[::-1]),
+    ]
+    return _run("check_stack_context", student_fn, cases, _array_compare, ("slices", "k"), hints)

@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 import yaml
 
@@ -65,7 +66,7 @@ from .files import atomic_write, write_csv
 from .paths import cache_dir
 from .provenance import git_commit, hardware_label
 
-__all__ = ["Experiment", "list_experiments", "load_experiment", "run_experiment"]
+__all__ = ["Experiment", "coverage", "list_experiments", "load_experiment", "run_experiment"]
 
 # Smoke runs: a couple of steps of a shallow network on tiny slices, on the CPU.
 SMOKE_OVERRIDES: dict[str, Any] = {
@@ -376,6 +377,96 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+@dataclass
+class Coverage:
+    """How much of an experiment's planned grid a results table holds (what a chapter says of a growing table).
+
+    ``planned`` are the runs the table should end with (after tuning: each other seed's run at its
+    arm's chosen value; one stand-in per arm and seed while the tuning seed's runs are incomplete),
+    ``done`` the run ids committed, ``failed`` the rows of ``NAME_failed.csv`` of planned runs.
+    """
+
+    name: str
+    planned: list[RunSpec]
+    done: set[str]
+    failed: list[dict[str, str]]
+    extra: int  # committed runs that the current grid no longer plans
+    waiting: set[str] = field(default_factory=set)  # stand-ins: runs at a value the tuning seed has yet to choose
+
+    @property
+    def missing(self) -> list[RunSpec]:
+        return [spec for spec in self.planned if spec.run_id not in self.done]
+
+    @property
+    def seeds(self) -> list[Any]:
+        """The seeds of the committed planned runs."""
+        return sorted({spec.overrides.get("train.seed") for spec in self.planned if spec.run_id in self.done},
+                      key=str)
+
+    def frame(self) -> pd.DataFrame:
+        """One row per planned run: its axis values (``arm`` for labelled axes), ``run_id``, ``done``."""
+        rows = [{**{k: v for k, v in spec.overrides.items() if not isinstance(v, dict | list)},
+                 **({"arm": spec.label} if spec.label else {}), "run_id": spec.run_id, "done": spec.run_id in self.done}
+                for spec in self.planned]
+        return pd.DataFrame(rows)
+
+    def text(self, max_points: int = 12) -> str:
+        """A few lines: runs committed of planned, seeds, what is still to come, failed runs."""
+        have = len(self.planned) - len(self.missing)
+        seeds = f" (seed {', '.join(map(str, self.seeds))})" if self.seeds else ""
+        lines = [f"{self.name}: {have} of {len(self.planned)} planned runs committed{seeds}"]
+        if self.extra:
+            lines.append(f"  {self.extra} committed runs are not in the current grid of configs/experiments/"
+                         f"{self.name}.yaml")
+        varies: dict[str, set[str]] = {}  # per label, the keys that tell its grid points apart (e.g. optim.lr)
+        for spec in self.planned:
+            if spec.label:
+                varies.setdefault(spec.label, set()).update(
+                    k for k, v in spec.overrides.items() if k != "train.seed" and any(
+                        o.label == spec.label and o.overrides.get(k) != v for o in self.planned))
+        waiting: dict[str, list[str]] = {}
+        for spec in self.missing:
+            keys = varies.get(spec.label, set()) if spec.label else set(spec.overrides) - {"train.seed"}
+            point = ", ".join([spec.label] * bool(spec.label) + [f"{k}={spec.overrides[k]}" for k in spec.overrides
+                                                                   if k in keys])
+            if spec.run_id in self.waiting:
+                point = f"{spec.label}, at the value its tuning-seed runs choose"
+            waiting.setdefault(point or "the base config", []).append(str(spec.overrides.get("train.seed", "-")))
+        if waiting:
+            lines.append(f"  still to come ({len(self.missing)} runs):")
+            items = list(waiting.items())
+            lines += [f"    {point}: seed {', '.join(seeds)}" for point, seeds in items[:max_points]]
+            if len(items) > max_points:
+                lines.append(f"    ... and {len(items) - max_points} more grid points")
+        if self.failed:
+            lines.append(f"  {len(self.failed)} failed runs, reported apart and never averaged in:")
+            lines += [f"    {r.get('run_id')} {r.get('config', '')}: {str(r.get('error', ''))[:100]}" for r in self.failed]
+        return "\n".join(lines)
+
+
+def coverage(name: str, preset: str = "cpu", results: str | os.PathLike | None = None) -> Coverage | None:
+    """What the results table of experiment ``name`` holds of its planned grid; None without the
+    experiment file (a course copy outside the repository).
+
+    ``results`` defaults to the preset's table (``book/results/cpu/NAME.csv``).
+
+    Used in chapters 3, 6, 7, 9 and 10.
+    """
+    try:
+        exp = load_experiment(name, preset)
+    except FileNotFoundError:
+        return None
+    path = Path(results) if results is not None else exp.results
+    rows = read_rows(path)
+    keep, later = tuned(exp, expand_grid(exp), rows)
+    planned = keep + later
+    ids = {spec.run_id for spec in planned}
+    done = {r.get("run_id", "") for r in rows}
+    failed = [r for r in read_rows(failed_path(path)) if r.get("run_id") in ids and r.get("run_id") not in done]
+    return Coverage(f"{exp.preset}/{exp.name}" if exp.preset else exp.name, planned, done, failed,
+                    len(done - ids - {s.run_id for s in expand_grid(exp)}), {s.run_id for s in later})
 
 
 @contextmanager

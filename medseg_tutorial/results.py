@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ __all__ = [
     "comparison_markdown",
     "describe_differences",
     "diverged",
+    "family",
     "load_curves",
     "load_patients",
     "load_results",
@@ -58,6 +59,8 @@ __all__ = [
     "read_history",
     "run_provenance",
     "select_on_validation",
+    "summary_table",
+    "verdicts",
 ]
 
 
@@ -220,17 +223,28 @@ def _fmt(mean: float, std: float, digits: int) -> str:
     return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def select_on_validation(df: pd.DataFrame, arm: str, choice: str, score: str = "val_dice_best") -> pd.DataFrame:
+def select_on_validation(df: pd.DataFrame, arm: str, choice: str, score: str = "val_dice_best",
+                         seed: Any = None) -> pd.DataFrame:
     """The runs of each ``arm`` at the ``choice`` (e.g. the learning rate) with the best mean ``score``.
 
-    The choice is made on validation, over the seeds of each (arm, choice) cell, and never looks at
-    the test columns, so the test scores of the selected runs are an honest estimate; the selected
-    value is in ``choice`` and ``attrs["selected"]`` maps each arm to it.
+    The choice is made on validation and never looks at the test columns, so the test scores of the
+    selected runs are an honest estimate. With ``seed`` it is made on that seed's runs only (an
+    experiment's ``tune: {seed}``: the other seeds ran only at the chosen value) and every seed's run
+    at the chosen value is kept; otherwise over the mean of each (arm, choice) cell's seeds. An arm
+    with one value has nothing to choose: all its runs are kept. The selected value is in ``choice``
+    and ``attrs["selected"]`` maps each arm to it.
+
+    Used in chapter 6.
     """
-    means = df.groupby([arm, choice], dropna=False)[score].mean().reset_index()
+    tuning = df if seed is None else df[df["seed"] == seed]
+    means = tuning.groupby([arm, choice], dropna=False)[score].mean().reset_index()
     best = means.loc[means.groupby(arm, dropna=False)[score].idxmax()]
     selected = dict(zip(best[arm], best[choice]))
-    out = df[[selected.get(a) == c for a, c in zip(df[arm], df[choice])]].copy()
+
+    def same(a: Any, b: Any) -> bool:
+        return bool(np.isclose(a, b)) if isinstance(a, float | int) and isinstance(b, float | int) else a == b
+
+    out = df[[a in selected and same(c, selected[a]) for a, c in zip(df[arm], df[choice])]].copy()
     out.attrs["selected"] = selected
     return out
 
@@ -384,65 +398,136 @@ def compare(scores: pd.DataFrame, arm: str, a: Any, b: Any, where: dict[str, Any
                                   n_boot=n_boot, seed=seed)
 
 
+def _cell_label(by: Sequence[str], key: tuple) -> str:
+    return ", ".join(f"{c.replace('_', ' ')} {v:g}" if isinstance(v, float) else f"{v}" for c, v in zip(by, key))
+
+
 def compare_table(scores: pd.DataFrame, arm: str, baseline: Any, by: Sequence[str] = (),
                   metric: str = "dice", names: dict[Any, str] | None = None, n_boot: int = 10_000,
-                  alpha: float = 0.05) -> pd.DataFrame:
+                  alpha: float = 0.05, cell_label: Callable[[tuple], str] | None = None) -> pd.DataFrame:
     """Every other level of ``arm`` against ``baseline``, within each cell of ``by``: one row each.
 
     Columns: ``by``, ``arm``, ``difference``, ``low``, ``high`` (95% CI of level minus baseline),
     ``direction``, ``p`` (bootstrap), ``p_holm`` (Holm-adjusted over the whole table),
     ``wilcoxon_p`` (on the per-patient differences averaged over seeds), ``seeds``, ``patients``,
-    ``note`` (when the CI is likely too narrow), ``sentence``. ``attrs["note"]`` is the table's multiplicity note. For HD95 (lower is better)
-    a negative difference favours the level. ``names`` maps levels to the words of the sentences.
+    ``note`` (when the CI is likely too narrow), ``sentence`` (prefixed with its cell of ``by``,
+    written by ``cell_label(key)`` or as "label fraction 0.25"). ``names`` maps levels to the words
+    of the sentences. For HD95 (lower is better) a negative difference favours the level.
+    ``attrs["note"]`` is the table's multiplicity note; ``attrs["skipped"]`` lists the levels left
+    out because they share fewer than two (seed, patient) pairs with the baseline yet.
 
     Used in chapters 3-7, 9 and 10.
     """
     names = names or {}
-    rows = []
+    rows, skipped = [], []
     cells = scores.groupby(list(by), sort=False) if by else [((), scores)]
     for key, cell in cells:
         key = key if isinstance(key, tuple) else (key,)
+        where = (cell_label(key) if cell_label else _cell_label(by, key)) if by else ""
         for level in order_levels(cell[arm], arm):
-            if level == baseline or baseline not in set(cell[arm]):
+            if level == baseline:
                 continue
-            c = compare(cell, arm, level, baseline, metric=metric, n_boot=n_boot)
             pair = cell[cell[arm].isin([level, baseline])]
             means = pair.pivot_table(index=["seed", "patient_id"], columns=arm, values=metric).dropna()
+            if level not in means or baseline not in means or len(means) < 2:
+                skipped.append(f"{where + ': ' if where else ''}{names.get(level, level)} against "
+                               f"{names.get(baseline, baseline)}: {len(means)} common (seed, patient) pairs")
+                continue
+            c = compare(cell, arm, level, baseline, metric=metric, n_boot=n_boot)
             by_patient = means.groupby(level="patient_id").mean()
             test = paired_test(by_patient[level], by_patient[baseline])
-            label = "HD95 (mm)" if metric == "hd95" else "Dice"
+            text = c.sentence(names.get(level, str(level)), names.get(baseline, str(baseline)),
+                              metric="HD95 (mm)" if metric == "hd95" else "Dice")
+            if text.split(" ", 1)[0].isalpha():  # "the sigmoid head" -> "The sigmoid head", not "Full_finetune"
+                text = text[0].upper() + text[1:]
             rows.append({**dict(zip(by, key)), arm: level, "difference": c.difference, "low": c.low,
                          "high": c.high, "direction": c.direction, "p": c.p_value, "wilcoxon_p": test.wilcoxon_p,
                          "seeds": c.n_groups, "patients": c.n_units, "note": c.note,
-                         "sentence": c.sentence(names.get(level, str(level)), names.get(baseline, str(baseline)),
-                                                metric=label)})
+                         "sentence": f"{where}: {text}" if where else text})
     out = pd.DataFrame(rows, columns=[*by, arm, "difference", "low", "high", "direction", "p", "p_holm",
                                       "wilcoxon_p", "seeds", "patients", "note", "sentence"])
     if len(out):
         out["p_holm"] = holm(out["p"].to_numpy(dtype=float))
         out.attrs["note"] = multiplicity_note(len(out), alpha)
+    out.attrs["skipped"] = skipped
     return out
 
 
-def comparison_markdown(table: pd.DataFrame, scores: pd.DataFrame | None = None) -> str:
-    """A :func:`compare_table` as Markdown: one bullet per sentence (with its Holm-adjusted p), the
-    multiplicity note, and the diverged runs of ``scores`` (a :func:`load_patients` table) named apart.
+def family(tables: Sequence[pd.DataFrame], alpha: float = 0.05) -> pd.DataFrame:
+    """Several :func:`compare_table` results as one family: stacked, Holm's correction over all rows.
+
+    Used in chapter 9.
+    """
+    parts = [t for t in tables if len(t)]
+    if not parts:
+        return pd.DataFrame()
+    out = pd.concat(parts, ignore_index=True)
+    out["p_holm"] = holm(out["p"].to_numpy(dtype=float))
+    out.attrs["note"] = multiplicity_note(len(out), alpha)
+    out.attrs["skipped"] = [s for t in tables for s in t.attrs.get("skipped", [])]
+    return out
+
+
+def verdicts(table: pd.DataFrame, arm: str, metric: str = "dice") -> dict[str, list[Any]]:
+    """The levels of a :func:`compare_table` sorted by what its intervals say about them.
+
+    ``{"better": [...], "undecided": [...], "worse": [...]}`` against the table's baseline, with
+    HD95's sign turned (lower is better); ``"held"`` lists the better ones whose Holm-adjusted p is
+    below 0.05 too. With ``by``, a level appears once per cell.
+
+    Used in chapters 6 and 7.
+    """
+    better = -1 if metric == "hd95" else 1
+    d = table["direction"] * better if len(table) else pd.Series(dtype=int)
+    return {"better": table.loc[d == 1, arm].tolist(), "undecided": table.loc[d == 0, arm].tolist(),
+            "worse": table.loc[d == -1, arm].tolist(),
+            "held": table.loc[(d == 1) & (table["p_holm"] < 0.05), arm].tolist() if len(table) else []}
+
+
+def comparison_markdown(table: pd.DataFrame, scores: pd.DataFrame | None = None, title: str | None = None) -> str:
+    """A :func:`compare_table` as Markdown: an optional bold ``title``, one bullet per sentence (with
+    its Holm-adjusted p), the multiplicity note, the levels not comparable yet, and the diverged runs
+    of ``scores`` (a :func:`load_patients` table) named apart.
 
     Used in chapters 3-7, 9 and 10.
     """
+    lines = [f"**{title}**", ""] if title else []
     if table.empty:
-        return "_No pair of arms shares a seed and test patients yet: nothing to compare._"
-    lines = []
+        lines.append("_No pair of arms shares a seed and test patients yet: nothing to compare._")
     for _, row in table.iterrows():
         caveat = f" _{row['note']}._" if row.get("note") else ""
         lines.append(f"- {row['sentence']} Holm-adjusted p = {row['p_holm']:.2g}.{caveat}")
-    lines.append("")
-    lines.append(table.attrs.get("note", ""))
+    if len(table):
+        lines += ["", table.attrs.get("note", "")]
+    skipped = table.attrs.get("skipped", [])
+    if skipped:
+        lines += ["", "Not compared yet (fewer than two paired values): " + "; ".join(map(str, skipped)) + "."]
     bad = [] if scores is None else scores.attrs.get("diverged", [])
     if bad:
         lines.append(f"\n{len(bad)} diverged {'run' if len(bad) == 1 else 'runs'} (best validation Dice below "
                      f"{DIVERGED_BELOW}) left out of every comparison: {', '.join(map(str, bad))}.")
     return "\n".join(lines)
+
+
+_SUMMARY_LABELS = {"test_dice": "test Dice", "test_hd95": "test HD95 (mm)", "val_dice_best": "best val Dice"}
+
+
+def summary_table(df: pd.DataFrame, by: Sequence[str], metrics: Sequence[str] = ("test_dice", "test_hd95"),
+                  digits: dict[str, int] | None = None) -> pd.DataFrame:
+    """A display table: per group of ``by``, ``"mean ± std"`` over seeds of each metric, with the
+    number of runs and of diverged runs (left out of the means).
+
+    Used in chapters 3-7, 9 and 10.
+    """
+    digits = {"test_hd95": 2, **(digits or {})}
+    metrics = [m for m in metrics if m in df.columns]
+    agg = aggregate(df, by, metrics)
+    out = agg[list(by)].copy()
+    out["runs"], out["diverged"] = agg["n"], agg["n_diverged"]
+    for m in metrics:
+        mean, std = (agg["mean"], agg["std"]) if len(metrics) == 1 else (agg[f"{m}_mean"], agg[f"{m}_std"])
+        out[_SUMMARY_LABELS.get(m, _metric_label(m))] = [_fmt(a, b, digits.get(m, 3)) for a, b in zip(mean, std)]
+    return out.set_index(list(by))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import math
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -415,3 +416,27 @@ def test_a_failed_run_is_listed_apart_and_struck_off_when_it_succeeds(tmp_path: 
     monkeypatch.setattr(experiment, "_train_once", real)
     again = run_experiment(path, "cpu", run_root=tmp_path / "runs", progress=False, say=_quiet)
     assert again.done == [first_seed] and read_rows(experiment.failed_path(results)) == []
+
+
+def test_coverage_counts_planned_done_failed_and_tuning_stand_ins(tmp_path):
+    from medseg_tutorial.experiment import coverage, expand_grid, load_experiment
+
+    exp = load_experiment("data_efficiency", "cpu")
+    grid = expand_grid(exp)
+    table = tmp_path / "data_efficiency.csv"
+    pd.DataFrame({"run_id": [grid[0].run_id, grid[1].run_id, "gone"], "val_dice_best": [0.8, 0.8, 0.8]}).to_csv(
+        table, index=False)
+    pd.DataFrame({"run_id": [grid[2].run_id], "arm": [""], "error": ["RuntimeError: boom"],
+                  "config": ["{}"]}).to_csv(tmp_path / "data_efficiency_failed.csv", index=False)
+    c = coverage("data_efficiency", results=table)
+    assert len(c.planned) == 60 and len(c.missing) == 58 and c.seeds == [0] and c.extra == 1
+    assert [r["run_id"] for r in c.failed] == [grid[2].run_id]
+    text = c.text(max_points=2)
+    assert text.startswith("cpu/data_efficiency: 2 of 60 planned runs committed (seed 0)")
+    assert "RuntimeError: boom" in text and "more grid points" in text
+    assert c.frame()["done"].sum() == 2
+    # optimizers: until seed 0 has run every rate, each other seed waits as one stand-in per arm
+    opt = coverage("optimizers", results=tmp_path / "optimizers.csv")
+    assert len(opt.planned) == 26 and len(opt.waiting) == 12
+    assert "at the value its tuning-seed runs choose" in opt.text(max_points=100)
+    assert coverage("no_such_experiment") is None

@@ -275,7 +275,7 @@ def test_compare_table_rows_holm_and_hd95_sign(tmp_path):
                                   names={"full_finetune": "full fine-tuning"})
     assert len(table) == 1 and table.loc[0, "strategy"] == "full_finetune"
     assert table.loc[0, "direction"] == 1 and table.loc[0, "p_holm"] >= table.loc[0, "p"]
-    assert table.loc[0, "sentence"].startswith("full fine-tuning scores 0.05")
+    assert table.loc[0, "sentence"].startswith("label fraction 0.25: Full fine-tuning scores 0.05")
     assert table.loc[0, "wilcoxon_p"] < 0.01 and "1 comparison" in table.attrs["note"]
     hd = results.compare_table(scores, "strategy", "scratch", metric="hd95", n_boot=2000)
     assert hd.loc[0, "difference"] == pytest.approx(-0.5) and hd.loc[0, "direction"] == -1
@@ -300,3 +300,45 @@ def test_comparison_markdown_lists_sentences_note_and_diverged_runs(tmp_path):
     assert text.startswith("- full_finetune scores 0.05") and "Holm-adjusted p" in text
     assert "only 2 seeds" in text and "1 diverged run" in text and "full_finetune-2" in text
     assert "nothing to compare" in results.comparison_markdown(pd.DataFrame())
+
+
+def test_compare_table_names_cells_and_sets_unpaired_levels_apart(tmp_path):
+    _patient_tables(tmp_path)
+    scores = results.load_patients("toy", tmp_path)
+    lonely = scores[scores["strategy"] == "scratch"].assign(strategy="frozen_encoder", seed=7)  # no common seed
+    table = results.compare_table(pd.concat([scores, lonely]), "strategy", "scratch", by=["label_fraction"],
+                                  n_boot=500, names={"full_finetune": "full fine-tuning"})
+    assert list(table["strategy"]) == ["full_finetune"]
+    assert table.loc[0, "sentence"].startswith("label fraction 0.25: Full fine-tuning scores")
+    assert table.attrs["skipped"] == ["label fraction 0.25: frozen_encoder against scratch: 0 common (seed, patient) pairs"]
+    text = results.comparison_markdown(table, scores, title="Against scratch")
+    assert text.startswith("**Against scratch**") and "Not compared yet" in text and "frozen_encoder" in text
+
+
+def test_family_verdicts_and_summary_table(tmp_path):
+    _patient_tables(tmp_path)
+    scores = results.load_patients("toy", tmp_path)
+    dice = results.compare_table(scores, "strategy", "scratch", n_boot=500)
+    hd = results.compare_table(scores, "strategy", "scratch", metric="hd95", n_boot=500)
+    both = results.family([dice, hd, pd.DataFrame()])
+    assert len(both) == 2 and "2 comparisons" in both.attrs["note"]
+    assert (both["p_holm"] >= both["p"]).all()
+    # Dice higher and HD95 lower are both "better" for full fine-tuning
+    assert results.verdicts(dice, "strategy")["better"] == ["full_finetune"]
+    assert results.verdicts(hd, "strategy", "hd95")["better"] == ["full_finetune"]
+    assert results.verdicts(dice.assign(direction=0), "strategy")["undecided"] == ["full_finetune"]
+    runs = results.load_results("toy", tmp_path).rename(columns={"hd95": "test_hd95"})
+    table = results.summary_table(runs, ["strategy"], ["test_dice", "test_hd95", "absent"])
+    assert list(table.columns) == ["runs", "diverged", "test Dice", "test HD95 (mm)"]
+    assert table.loc["scratch", "test Dice"] == "0.800 ± 0.000" and table.loc["scratch", "runs"] == 3
+
+
+def test_select_on_validation_on_a_tuning_seed_keeps_every_seed_at_the_choice():
+    rows = [("sgd", 0.01, 0, 0.80), ("sgd", 0.03, 0, 0.85), ("sgd", 0.03, 1, 0.70), ("sgd", 0.03, 2, 0.72),
+            ("recipe", 0.01, 0, 0.60), ("recipe", 0.01, 1, 0.61)]
+    df = pd.DataFrame(rows, columns=["arm", "lr", "seed", "val_dice_best"])
+    picked = results.select_on_validation(df, "arm", "lr", seed=0)
+    assert picked.attrs["selected"] == {"recipe": 0.01, "sgd": 0.03}
+    assert sorted(picked.loc[picked["arm"] == "sgd", "seed"]) == [0, 1, 2] and len(picked) == 5
+    # over the mean of all seeds instead, 0.03's weaker seeds 1-2 would decide for 0.01
+    assert results.select_on_validation(df, "arm", "lr").attrs["selected"]["sgd"] == 0.01
