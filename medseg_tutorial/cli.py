@@ -337,7 +337,7 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="cpu or gpu (default: gpu when CUDA is available, else cpu)")
     p.add_argument("--smoke", action="store_true",
                    help="one combination, two steps on 32 px slices, into a temporary folder (a check that it runs)")
-    p.add_argument("--results", type=Path, help="results CSV (default: the preset's, e.g. book/results/NAME.csv)")
+    p.add_argument("--results", type=Path, help="results CSV (default: the preset's, e.g. book/results/cpu/NAME.csv)")
     p.add_argument("--run-root", type=Path, help="folder of the run folders (default: <cache>/experiments/NAME/PRESET)")
     p.add_argument("--dry-run", action="store_true", help="validate every config and list the runs, done or pending")
     p.add_argument("--list", action="store_true", help="list the shipped experiments")

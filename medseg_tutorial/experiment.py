@@ -13,7 +13,7 @@ An experiment is one YAML file in ``configs/experiments/``::
         - {strategy.name: scratch, model.weights: null}
         - full_finetune
     presets:                      # per-hardware sizes and the table each writes
-      cpu: {results: book/results/data_efficiency.csv, config: {train: {epochs: 6}}}
+      cpu: {results: book/results/cpu/data_efficiency.csv, config: {train: {epochs: 6}}}
       gpu: {results: book/results/gpu/data_efficiency.csv, config: {data: {size: [128, 128]}}}
     smoke: {data.dataset: phantom} # extra overrides of the grid's runs in --smoke mode (not of sources)
     sources:                      # optional: pretraining runs that `model.source: NAME` names

@@ -1,8 +1,10 @@
 """Committed results tables: read them, average over seeds, and plot them with error bars.
 
 Long experiments are not re-run by the book build. ``medseg experiment NAME --preset cpu`` runs a
-grid of training runs and writes one row per run to ``book/results/NAME.csv`` (``--preset gpu``:
-``book/results/gpu/NAME.csv``); the chapters read those tables with the functions here. A row has
+grid of training runs and writes one row per run to ``book/results/cpu/NAME.csv`` (``--preset gpu``:
+``book/results/gpu/NAME.csv``), the per-patient test scores beside it (``NAME_patients.csv``), the
+per-validation curves (``NAME_curves.csv``) and failed runs (``NAME_failed.csv``); the chapters read
+those tables with the functions here, by the name ``cpu/NAME`` or ``gpu/NAME``. A row has
 (at least) the columns of ``RUN_COLUMNS``:
 
 ``experiment, dataset, strategy, encoder, weights, label_fraction, n_train_patients, seed, loss,
@@ -14,9 +16,9 @@ the source of the initial encoder weights (``scratch``, ``imagenet``, ``acdc``, 
 
 Typical use::
 
-    df = load_results("data_efficiency")          # None if the table is not committed yet
+    df = load_results("cpu/data_efficiency")      # None if the table is not committed yet
     if df is None:
-        print(missing_message("data_efficiency"))
+        print(missing_message("cpu/data_efficiency"))
     else:
         agg = aggregate(df, ["strategy", "n_train_patients"])   # mean, std, n over seeds
         plot_data_efficiency(df, hue="strategy")
@@ -132,10 +134,9 @@ def load_curves(name: str, folder: str | os.PathLike | None = None) -> pd.DataFr
 
 
 def experiment_command(name: str) -> str:
-    """The command that regenerates table ``name``: ``NAME`` is the cpu preset, ``gpu/NAME`` the gpu one.
-
-    (``configs/experiments/NAME.yaml`` writes ``book/results/NAME.csv`` with ``--preset cpu`` and
-    ``book/results/gpu/NAME.csv`` with ``--preset gpu``.)
+    """The command that regenerates table ``name``: ``cpu/NAME`` (or ``NAME``) is the cpu preset,
+    ``gpu/NAME`` the gpu one (``configs/experiments/NAME.yaml`` writes ``book/results/cpu/NAME.csv``
+    with ``--preset cpu`` and ``book/results/gpu/NAME.csv`` with ``--preset gpu``).
     """
     preset = "gpu" if Path(name).parent.name == "gpu" else "cpu"
     return f"medseg experiment {Path(name).stem} --preset {preset}"
