@@ -45,7 +45,6 @@ __all__ = [
     "compare",
     "compare_table",
     "comparison_markdown",
-    "describe_differences",
     "diverged",
     "family",
     "load_curves",
@@ -53,7 +52,6 @@ __all__ = [
     "load_results",
     "mean_std_table",
     "missing_message",
-    "paired_differences",
     "plot_curves",
     "plot_data_efficiency",
     "plot_grouped_bars",
@@ -262,72 +260,6 @@ def mean_std_table(
     table = agg.pivot(index=index, columns=columns, values="cell")
     table = table.reindex(index=order_levels(agg[index], index), columns=order_levels(agg[columns], columns))
     return table.fillna("")
-
-
-def paired_differences(
-    df: pd.DataFrame,
-    compare: str,
-    baseline: Any,
-    by: Sequence[str] = (),
-    pair_on: Sequence[str] = ("seed",),
-    metric: str = "test_dice",
-) -> pd.DataFrame:
-    """How much each level of ``compare`` beats ``baseline``, run for run.
-
-    Runs are paired on ``by`` + ``pair_on`` (same label fraction, same seed, hence the same
-    patients and the same initial decoder); for every other level of ``compare`` the result has
-    ``mean_diff, std_diff, n`` (paired runs) and ``wins`` (pairs where it scored higher). A
-    negative ``mean_diff`` means the baseline was better: with ``baseline="scratch"`` and
-    ``compare="weights"``, that is negative transfer.
-
-    Used in chapters 4, 5, 6, 7 and 9.
-    """
-    keys = [*by, *pair_on]
-    base = df[df[compare] == baseline].set_index(keys)[metric]
-    if base.index.has_duplicates:
-        raise ValueError(f"several baseline runs share {keys}; add the distinguishing column to by/pair_on")
-    rows = []
-    for level in order_levels(df[compare], compare):
-        if level == baseline:
-            continue
-        other = df[df[compare] == level].set_index(keys)[metric]
-        diff = (other - base.reindex(other.index)).dropna()
-        groups = diff.groupby(level=list(by)) if by else [((), diff)]
-        for key, d in groups:
-            key = key if isinstance(key, tuple) else (key,)
-            rows.append({compare: level, **dict(zip(by, key)), "mean_diff": d.mean(),
-                         "std_diff": d.std(), "n": len(d), "wins": int((d > 0).sum())})
-    return pd.DataFrame(rows, columns=[compare, *by, "mean_diff", "std_diff", "n", "wins"])
-
-
-def describe_differences(diff: pd.DataFrame, compare: str, baseline: Any, digits: int = 3) -> list[str]:
-    """Plain sentences for a :func:`paired_differences` table, one per row; losses are said out loud.
-
-    Each sentence gives the mean ± std of the paired differences and a verdict: ``better in every
-    paired run``, ``WORSE than <baseline> in every paired run``, or ``mixed`` (the sign changed from
-    run to run: with a few seeds, not a difference to rely on).
-
-    >>> diff = paired_differences(df, "weights", "scratch", by=["dataset"])  # doctest: +SKIP
-    >>> describe_differences(diff, "weights", "scratch")  # doctest: +SKIP
-    ['imagenet vs scratch (dataset=lgg): +0.041 ± 0.012 Dice, higher in 3 of 3 paired runs -> better in every paired run']
-
-    Used in chapters 4, 5, 6, 7 and 9.
-    """
-    by = [c for c in diff.columns if c not in (compare, "mean_diff", "std_diff", "n", "wins")]
-    lines = []
-    for _, row in diff.iterrows():
-        where = ", ".join(f"{c}={row[c]:g}" if isinstance(row[c], float) else f"{c}={row[c]}" for c in by)
-        n, wins = int(row["n"]), int(row["wins"])
-        spread = "" if math.isnan(row["std_diff"]) else f" ± {row['std_diff']:.{digits}f}"
-        if wins == n and row["mean_diff"] > 0:
-            verdict = "better in every paired run"
-        elif wins == 0 and row["mean_diff"] < 0:
-            verdict = f"WORSE than {baseline} in every paired run"
-        else:
-            verdict = "mixed: the sign changes between runs"
-        lines.append(f"{row[compare]} vs {baseline}{f' ({where})' if where else ''}: "
-                     f"{row['mean_diff']:+.{digits}f}{spread} Dice, higher in {wins} of {n} paired runs -> {verdict}")
-    return lines
 
 
 def run_provenance(df: pd.DataFrame) -> str:
