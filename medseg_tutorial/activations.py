@@ -119,6 +119,8 @@ def label_map(logits: Tensor, mode: str) -> Tensor:
 
     multilabel (channel 0 is the background): the class with the highest logit, so that two
     saturated sigmoids (both exactly 1.0 in float32) cannot tie and fall to the first channel.
+
+    Used in chapter 5.
     """
     if mode == "multilabel":
         return logits.float().argmax(1)

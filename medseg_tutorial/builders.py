@@ -24,7 +24,10 @@ __all__ = ["build_loss", "build_network", "build_optimizer", "build_scheduler", 
 
 
 def build_network(cfg: Config, device: torch.device) -> tuple[nn.Module, StrategyPlan]:
-    """Build the model, apply the transfer-learning strategy, move it to ``device``."""
+    """Build the model, apply the transfer-learning strategy, move it to ``device``.
+
+    Used in chapter 10.
+    """
     mc = cfg.model
     if mc.source is not None and not (mc.weights and str(mc.weights).endswith((".pt", ".safetensors", ".pth"))):
         raise ConfigError(f"model.source: {mc.source!r} names an experiment's source run; `medseg experiment` "

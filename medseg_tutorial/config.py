@@ -457,7 +457,7 @@ def load_config(
         preset: name of an entry of the file's ``presets`` mapping (an override wins over this).
         resolve: fill in automatic values from the dataset registry (needs the dataset registered).
 
-    Used in chapters 7 and 8.
+    Used in chapters 7, 8 and 10.
     """
     if isinstance(path, dict):
         raw = copy.deepcopy(path)

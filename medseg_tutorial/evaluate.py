@@ -71,7 +71,7 @@ def predict(
     """Label maps ``(N, H, W)`` (uint8) for prepared slices ``(N, C, H, W)``; the model is put in eval mode.
 
     The one inference path: validation during training, :func:`evaluate` and :class:`Predictor`
-    all call it. Used in chapter 8.
+    all call it. Used in chapters 8 and 10.
     """
     model.eval()
     out = []

@@ -165,7 +165,10 @@ def default_preset() -> str:
 
 
 def load_experiment(name: str | os.PathLike, preset: str | None = None) -> Experiment:
-    """Read an experiment file and apply ``preset`` (default: ``gpu`` with CUDA, else ``cpu``)."""
+    """Read an experiment file and apply ``preset`` (default: ``gpu`` with CUDA, else ``cpu``).
+
+    Used in chapter 10.
+    """
     path = find_experiment(name)
     spec = yaml.safe_load(path.read_text()) or {}
     known = {"name", "description", "base", "base_preset", "config", "grid", "presets", "sources", "smoke",
@@ -310,7 +313,10 @@ def _smoke_overrides(exp: Experiment) -> dict[str, Any]:
 
 
 def expand_grid(exp: Experiment, smoke: bool = False) -> list[RunSpec]:
-    """Every combination of the axes (in file order, the last axis varying fastest); one in smoke mode."""
+    """Every combination of the axes (in file order, the last axis varying fastest); one in smoke mode.
+
+    Used in chapter 10.
+    """
     axes = [[(axis, v) for v in (values[:1] if smoke else values)] for axis, values in exp.grid.items()]
     runs, seen = [], set()
     for combo in itertools.product(*axes):
@@ -419,7 +425,7 @@ class Coverage:
         lines = [f"{self.name}: {have} of {len(self.planned)} planned runs committed{seeds}"]
         if self.extra:
             lines.append(f"  {self.extra} committed runs are not in the current grid of configs/experiments/"
-                         f"{self.name}.yaml")
+                         f"{self.name.split('/')[-1]}.yaml")
         varies: dict[str, set[str]] = {}  # per label, the keys that tell its grid points apart (e.g. optim.lr)
         for spec in self.planned:
             if spec.label:
@@ -428,7 +434,7 @@ class Coverage:
                         o.label == spec.label and o.overrides.get(k) != v for o in self.planned))
         waiting: dict[str, list[str]] = {}
         for spec in self.missing:
-            keys = varies.get(spec.label, set()) if spec.label else set(spec.overrides) - {"train.seed"}
+            keys = varies.get(spec.label, set()) if spec.label else set(spec.overrides) - {"train.seed", "data.seed"}
             point = ", ".join([spec.label] * bool(spec.label) + [f"{k}={spec.overrides[k]}" for k in spec.overrides
                                                                    if k in keys])
             if spec.run_id in self.waiting:
@@ -452,7 +458,7 @@ def coverage(name: str, preset: str = "cpu", results: str | os.PathLike | None =
 
     ``results`` defaults to the preset's table (``book/results/cpu/NAME.csv``).
 
-    Used in chapters 3, 6, 7, 9 and 10.
+    Used in chapters 3-7, 9 and 10.
     """
     try:
         exp = load_experiment(name, preset)

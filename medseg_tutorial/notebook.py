@@ -58,7 +58,7 @@ def setup(seed: int = 0, quiet: bool = False, datasets: Sequence[str] = ()) -> E
     downloaded (checksum-verified, cached) into the data root; if that is impossible, a
     :class:`~medseg_tutorial.data.DataError` says why and how to get it, before any other cell runs.
 
-    Used in chapters 1, 2, 3, 4, 5, 6, 7, 8 and 9.
+    Used in chapters 1-10.
     """
     import torch
 

@@ -52,6 +52,7 @@ __all__ = [
     "load_results",
     "mean_std_table",
     "missing_message",
+    "patients_to_match",
     "plot_curves",
     "plot_data_efficiency",
     "plot_grouped_bars",
@@ -89,7 +90,10 @@ def default_results_dir() -> Path:
 
 
 def results_path(name: str, folder: str | os.PathLike | None = None) -> Path:
-    """Path of the table ``name`` (``"data_efficiency"`` or ``"data_efficiency.csv"``)."""
+    """Path of the table ``name`` (``"data_efficiency"`` or ``"data_efficiency.csv"``).
+
+    Used in chapters 6, 7 and 9.
+    """
     folder = default_results_dir() if folder is None else Path(folder)
     return folder / (name if name.endswith(".csv") else f"{name}.csv")
 
@@ -101,7 +105,7 @@ def load_results(
 
     A table that exists but lacks a ``required`` column is an error, not a silent ``None``.
 
-    Used in chapters 3, 4, 5, 6, 7 and 9.
+    Used in chapters 3-7, 9 and 10.
     """
     path = results_path(name, folder)
     if not path.is_file():
@@ -121,7 +125,7 @@ def load_curves(name: str, folder: str | os.PathLike | None = None) -> pd.DataFr
     Columns: those of the results table (optimizer, seed, strategy, ...) plus ``epoch``, ``step``,
     ``train_loss``, ``lr`` (renamed ``epoch_lr``) and ``val_dice`` (renamed ``epoch_val_dice``).
 
-    Used in chapter 6.
+    Used in chapters 6, 9 and 10.
     """
     runs = load_results(name, folder)
     path = results_path(f"{name}_curves", folder)
@@ -135,6 +139,8 @@ def experiment_command(name: str) -> str:
     """The command that regenerates table ``name``: ``cpu/NAME`` (or ``NAME``) is the cpu preset,
     ``gpu/NAME`` the gpu one (``configs/experiments/NAME.yaml`` writes ``book/results/cpu/NAME.csv``
     with ``--preset cpu`` and ``book/results/gpu/NAME.csv`` with ``--preset gpu``).
+
+    Used in chapters 6, 7 and 9.
     """
     preset = "gpu" if Path(name).parent.name == "gpu" else "cpu"
     return f"medseg experiment {Path(name).stem} --preset {preset}"
@@ -143,7 +149,7 @@ def experiment_command(name: str) -> str:
 def missing_message(name: str, folder: str | os.PathLike | None = None) -> str:
     """The note a chapter prints when a committed table is absent: where it should be, how to make it.
 
-    Used in chapters 3, 4, 5, 6, 7 and 9.
+    Used in chapters 3-7, 9 and 10.
     """
     command = experiment_command(name)
     return (f"No committed results table {results_path(name, folder)} yet.\n"
@@ -157,7 +163,10 @@ def missing_message(name: str, folder: str | os.PathLike | None = None) -> str:
 
 
 def order_levels(values: Sequence[Any] | pd.Series, column: str | None = None) -> list[Any]:
-    """Distinct values in the book's preferred order (scratch first, ...), others sorted after them."""
+    """Distinct values in the book's preferred order (scratch first, ...), others sorted after them.
+
+    Used in chapter 7.
+    """
     seen = list(dict.fromkeys(pd.Series(values).dropna().tolist()))
     preferred = [v for v in _ORDERS.get(column or "", ()) if v in seen]
     rest = sorted((v for v in seen if v not in preferred), key=lambda v: (not isinstance(v, int | float), v))
@@ -191,7 +200,7 @@ def aggregate(
     Runs that :func:`diverged` are left out of the statistics (``drop_diverged``) and counted in
     ``n_diverged``, so one run that never learned cannot turn a cell into "0.54 ± 0.45".
 
-    Used in chapter 9.
+    Used in chapters 9 and 10.
     """
     by = list(by)
     metrics = [metric] if isinstance(metric, str) else list(metric)
@@ -239,11 +248,13 @@ def select_on_validation(df: pd.DataFrame, arm: str, choice: str, score: str = "
     means = tuning.groupby([arm, choice], dropna=False)[score].mean().reset_index()
     best = means.loc[means.groupby(arm, dropna=False)[score].idxmax()]
     selected = dict(zip(best[arm], best[choice]))
+    # one value on the tuning runs (a recipe, or a rate each run finds itself, e.g. the LR range test)
+    single = {a for a, n in tuning.groupby(arm, dropna=False)[choice].nunique().items() if n <= 1}
 
     def same(a: Any, b: Any) -> bool:
         return bool(np.isclose(a, b)) if isinstance(a, float | int) and isinstance(b, float | int) else a == b
 
-    out = df[[a in selected and same(c, selected[a]) for a, c in zip(df[arm], df[choice])]].copy()
+    out = df[[a in single or (a in selected and same(c, selected[a])) for a, c in zip(df[arm], df[choice])]].copy()
     out.attrs["selected"] = selected
     return out
 
@@ -265,7 +276,7 @@ def mean_std_table(
 def run_provenance(df: pd.DataFrame) -> str:
     """One line on where a results table came from: runs, hardware, commits, wall time.
 
-    Used in chapters 3, 4, 5, 6, 7 and 9.
+    Used in chapters 3-7, 9 and 10.
     """
     parts = [f"{len(df)} runs"]
     for col, label, width in (("hardware", "hardware", None), ("commit", "commit", 12)):
@@ -332,7 +343,8 @@ def compare(scores: pd.DataFrame, arm: str, a: Any, b: Any, where: dict[str, Any
 
 
 def _cell_label(by: Sequence[str], key: tuple) -> str:
-    return ", ".join(f"{c.replace('_', ' ')} {v:g}" if isinstance(v, float) else f"{v}" for c, v in zip(by, key))
+    return ", ".join(f"{c.replace('_', ' ')} {v:g}" if isinstance(v, float | int | np.number) else f"{v}"
+                     for c, v in zip(by, key))
 
 
 def compare_table(scores: pd.DataFrame, arm: str, baseline: Any, by: Sequence[str] = (),
@@ -362,9 +374,10 @@ def compare_table(scores: pd.DataFrame, arm: str, baseline: Any, by: Sequence[st
                 continue
             pair = cell[cell[arm].isin([level, baseline])]
             means = pair.pivot_table(index=["seed", "patient_id"], columns=arm, values=metric).dropna()
-            if level not in means or baseline not in means or len(means) < 2:
+            common = len(means) if level in means and baseline in means else 0
+            if common < 2:
                 skipped.append(f"{where + ': ' if where else ''}{names.get(level, level)} against "
-                               f"{names.get(baseline, baseline)}: {len(means)} common (seed, patient) pairs")
+                               f"{names.get(baseline, baseline)}: {common} common (seed, patient) pairs")
                 continue
             c = compare(cell, arm, level, baseline, metric=metric, n_boot=n_boot)
             by_patient = means.groupby(level="patient_id").mean()
@@ -392,12 +405,13 @@ def family(tables: Sequence[pd.DataFrame], alpha: float = 0.05) -> pd.DataFrame:
     Used in chapter 9.
     """
     parts = [t for t in tables if len(t)]
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=next(
+        (t.columns for t in tables if len(t.columns)), []))
+    out.attrs["skipped"] = [s for t in tables for s in t.attrs.get("skipped", [])]
     if not parts:
-        return pd.DataFrame()
-    out = pd.concat(parts, ignore_index=True)
+        return out
     out["p_holm"] = holm(out["p"].to_numpy(dtype=float))
     out.attrs["note"] = multiplicity_note(len(out), alpha)
-    out.attrs["skipped"] = [s for t in tables for s in t.attrs.get("skipped", [])]
     return out
 
 
@@ -408,7 +422,7 @@ def verdicts(table: pd.DataFrame, arm: str, metric: str = "dice") -> dict[str, l
     HD95's sign turned (lower is better); ``"held"`` lists the better ones whose Holm-adjusted p is
     below 0.05 too. With ``by``, a level appears once per cell.
 
-    Used in chapters 6 and 7.
+    Used in chapters 3-7 and 9.
     """
     better = -1 if metric == "hd95" else 1
     d = table["direction"] * better if len(table) else pd.Series(dtype=int)
@@ -440,6 +454,25 @@ def comparison_markdown(table: pd.DataFrame, scores: pd.DataFrame | None = None,
         lines.append(f"\n{len(bad)} diverged {'run' if len(bad) == 1 else 'runs'} (best validation Dice below "
                      f"{DIVERGED_BELOW}) left out of every comparison: {', '.join(map(str, bad))}.")
     return "\n".join(lines)
+
+
+def patients_to_match(df: pd.DataFrame, arm: str, a: Any, b: Any, x: str = "n_train_patients",
+                      metric: str = "test_dice") -> str:
+    """How many labelled patients arm ``b`` needs to reach arm ``a``'s mean ``metric`` at ``a``'s smallest
+    size: the data-efficiency question in one line (means over seeds; see the comparisons for noise).
+
+    Used in chapter 9.
+    """
+    means = aggregate(df, [x, arm], metric).pivot(index=x, columns=arm, values="mean").dropna()
+    if a not in means.columns or b not in means.columns or not len(means):
+        return f"no size with both {a} and {b} yet"
+    smallest = means.index[0]
+    goal = means.loc[smallest, a]
+    enough = means.index[means[b] >= goal]
+    reach = ("already with the same patients" if len(enough) and enough[0] == smallest else
+             f"with {enough[0]} patients" if len(enough) else "with none of the sizes committed so far")
+    return (f"mean {_metric_label(metric)}, {a} with {smallest} patients: {goal:.3f}; {b} reaches it {reach} "
+            f"(sizes committed: {', '.join(map(str, means.index))})")
 
 
 _SUMMARY_LABELS = {"test_dice": "test Dice", "test_hd95": "test HD95 (mm)", "val_dice_best": "best val Dice"}

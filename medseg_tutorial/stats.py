@@ -188,6 +188,8 @@ def paired_bootstrap(
     ``p_value`` is two-sided: twice the share of resampled statistics on the far side of 0, so it is
     below 1 - ci about when the CI excludes 0. Assumes the units are independent draws; for several
     seeds per arm use :func:`hierarchical_bootstrap`.
+
+    Used in chapter 3.
     """
     _check_ci(ci, n_boot)
     d, dropped = _paired_differences(a, b)

@@ -12,9 +12,11 @@ from medseg_tutorial.exercises import (
     CheckResult,
     check_confusion,
     check_dice,
+    check_inflate_kernel,
     check_iou,
     check_patient_split,
     check_softmax_decode,
+    check_stack_context,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -240,3 +242,110 @@ def test_markdown_and_repr():
     assert md.startswith("**✗ check_confusion:")
     assert "\n- case '" in md and "\n- Hint:" in md
     assert CheckResult(True, ["ok"]).name == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 10: I3D kernels and 2.5-D input
+# ---------------------------------------------------------------------------------------------
+
+
+def inflate_right(weight, depth):
+    return weight.unsqueeze(2).repeat(1, 1, depth, 1, 1) / depth
+
+
+def inflate_numpy(weight, depth):
+    return np.repeat(np.asarray(weight)[:, :, None], depth, axis=2) / depth
+
+
+def inflate_not_divided(weight, depth):
+    return weight.unsqueeze(2).repeat(1, 1, depth, 1, 1)
+
+
+def inflate_centre(weight, depth):
+    out = torch.zeros(*weight.shape[:2], depth, *weight.shape[2:])
+    out[:, :, depth // 2] = weight
+    return out
+
+
+def inflate_by_height(weight, depth):
+    return weight.unsqueeze(2).repeat(1, 1, depth, 1, 1) / weight.shape[2]
+
+
+def inflate_last_axis(weight, depth):
+    return weight.unsqueeze(-1).repeat(1, 1, 1, 1, depth) / depth
+
+
+def context_right(slices, k):
+    n = len(slices)
+    neighbours = np.clip(np.arange(n)[:, None] + np.arange(-k, k + 1)[None, :], 0, n - 1)
+    return slices[neighbours].reshape(n, -1, *slices.shape[2:])
+
+
+def context_torch_loop(slices, k):
+    x = torch.as_tensor(slices)
+    n = len(x)
+    return torch.stack([torch.cat([x[min(max(s + j, 0), n - 1)] for j in range(-k, k + 1)]) for s in range(n)])
+
+
+def context_wraps(slices, k):
+    return np.concatenate([np.roll(slices, k - j, axis=0) for j in range(2 * k + 1)], axis=1)
+
+
+def context_zero_padded(slices, k):
+    zeros = np.zeros((k, *slices.shape[1:]), slices.dtype)
+    padded = np.concatenate([zeros, slices, zeros])
+    return np.concatenate([padded[j : j + len(slices)] for j in range(2 * k + 1)], axis=1)
+
+
+def context_channel_major(slices, k):
+    n, c = slices.shape[:2]
+    neighbours = np.clip(np.arange(n)[:, None] + np.arange(-k, k + 1)[None, :], 0, n - 1)
+    return np.concatenate([slices[neighbours[:, j], ch][:, None] for ch in range(c) for j in range(2 * k + 1)], axis=1)
+
+
+def context_reversed(slices, k):
+    n = len(slices)
+    neighbours = np.clip(np.arange(n)[:, None] + np.arange(k, -k - 1, -1)[None, :], 0, n - 1)
+    return slices[neighbours].reshape(n, -1, *slices.shape[2:])
+
+
+@pytest.mark.parametrize(
+    ("check", "student"),
+    [
+        (check_inflate_kernel, inflate_right),
+        (check_inflate_kernel, inflate_numpy),
+        (check_stack_context, context_right),
+        (check_stack_context, context_torch_loop),
+    ],
+)
+def test_chapter_10_correct_answers_pass(check, student):
+    result = check(student)
+    assert result.passed, str(result)
+    assert result.messages[0].startswith("✓") and len(result.messages) == 1
+
+
+@pytest.mark.parametrize(
+    ("check", "student", "expected_in_message"),
+    [
+        (check_inflate_kernel, inflate_not_divided, "W / depth"),
+        (check_inflate_kernel, inflate_centre, "'centre' inflation"),
+        (check_inflate_kernel, inflate_by_height, "not by its height"),
+        (check_inflate_kernel, inflate_last_axis, "depth axis is dimension 2"),
+        (check_stack_context, context_wraps, "does not wrap around"),
+        (check_stack_context, context_zero_padded, "instead of padding with zeros"),
+        (check_stack_context, context_channel_major, "keep each neighbour's C channels together"),
+        (check_stack_context, context_reversed, "not the reverse"),
+    ],
+)
+def test_chapter_10_mistakes_fail_with_their_hint(check, student, expected_in_message):
+    result = check(student)
+    assert not result.passed and result.messages[0].startswith("✗")
+    assert expected_in_message in str(result), str(result)
+    assert sum(line.startswith("Hint:") for line in result.messages) == 1, str(result)  # the one mistake made
+
+
+@pytest.mark.parametrize("check", [check_inflate_kernel, check_stack_context])
+def test_chapter_10_crashes_and_missing_returns_are_reported(check):
+    assert "RuntimeError: not implemented yet" in str(check(crashes))
+    assert "got None" in str(check(lambda *args: None))
+    assert "expected shape" in str(check(lambda x, n: np.zeros(3)))

@@ -254,6 +254,8 @@ def resize_slices(
     normalisation) and 0 (background) for masks. ``crop`` first centre-crops (or pads) the native
     slices to ``(H, W)`` pixels, zooming in on an organ in the middle of the field of view.
     Returns ``(image, mask, (row_mm, col_mm))``.
+
+    Used in chapter 10.
     """
     if crop is not None:
         image, mask, spacing = resize_slices(image, mask, crop, mode="pad", spacing=spacing, fill=fill)
@@ -300,6 +302,8 @@ def select_slices(masks: np.ndarray, keep_empty: float = 1.0, seed: int = 0) -> 
 
     Empty slices are drawn at random (seeded), ``round(keep_empty * n_empty)`` of them. Returns
     ``(sorted indices, stats)`` with the counts, so a chapter can state exactly what was dropped.
+
+    Used in chapter 8.
     """
     if not 0.0 <= keep_empty <= 1.0:
         raise ValueError(f"keep_empty must be a fraction in [0, 1], got {keep_empty}")

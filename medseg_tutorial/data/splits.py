@@ -95,7 +95,7 @@ def patient_split(
     each patient to a group (a scanner, a diagnosis); each group is then spread over the subsets in
     proportion. Every subset with a non-zero fraction gets at least one patient.
 
-    Used in chapters 3, 4, 5, 6, 7 and 8.
+    Used in chapters 3-8 and 10.
     """
     dataset = ""
     if isinstance(patient_ids, SliceTable):

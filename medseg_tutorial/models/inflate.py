@@ -9,8 +9,7 @@ start from the 2-D weights; the 2-D model is left untouched. Two recipes:
   layer then answers exactly what the 2-D layer answers on one slice (away from the depth borders,
   where zero padding enters), so the ImageNet features and the BatchNorm statistics stay valid.
   Kernels grow by a factor k: more parameters and k times the multiply-adds.
-* ``"acs"`` (Yang et al., "Reinforcing 2D Networks for 3D Medical Image Analysis via
-  Axial-Coronal-Sagittal (ACS) Convolutions", IEEE JBHI 2021): each conv keeps its 2-D kernels and
+* ``"acs"`` (Yang et al., "Reinventing 2D Convolutions for 3D Images", IEEE JBHI 2021): each conv keeps its 2-D kernels and
   applies a third of its output channels in each of the axial, coronal and sagittal planes
   (``ACSConv``). Exactly as many parameters as the 2-D model; its state dict even loads as it is.
 

@@ -79,6 +79,8 @@ def leak_effect(patients_csv: str | Path, name: str = "msd_hippocampus", root: s
     ``patients_csv`` is an experiment's per-patient table (``NAME_patients.csv``); each volume's Dice
     is averaged over classes and runs first, so the two groups are independent sets of volumes, and
     the interval is a percentile bootstrap that resamples the volumes of each group.
+
+    Used in chapter 3.
     """
     from ..data.splits import patient_split
 
