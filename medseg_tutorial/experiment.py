@@ -430,11 +430,11 @@ class Coverage:
         for spec in self.planned:
             if spec.label:
                 varies.setdefault(spec.label, set()).update(
-                    k for k, v in spec.overrides.items() if k != "train.seed" and any(
+                    k for k, v in spec.overrides.items() if k not in _seed_keys(spec) and any(
                         o.label == spec.label and o.overrides.get(k) != v for o in self.planned))
         waiting: dict[str, list[str]] = {}
         for spec in self.missing:
-            keys = varies.get(spec.label, set()) if spec.label else set(spec.overrides) - {"train.seed", "data.seed"}
+            keys = varies.get(spec.label, set()) if spec.label else set(spec.overrides) - _seed_keys(spec)
             point = ", ".join([spec.label] * bool(spec.label) + [f"{k}={spec.overrides[k]}" for k in spec.overrides
                                                                    if k in keys])
             if spec.run_id in self.waiting:
@@ -452,6 +452,14 @@ class Coverage:
         return "\n".join(lines)
 
 
+def _seed_keys(spec: RunSpec) -> set[str]:
+    """The keys the ``train.seed`` axis sets for this run (``train.seed``, and ``data.seed`` where a seed
+    carries its own split): they say which seed a run is, not which grid point."""
+    if "train.seed" not in spec.points:
+        return {"train.seed"}
+    return set(_point_overrides("train.seed", spec.points["train.seed"]))
+
+
 def coverage(name: str, preset: str = "cpu", results: str | os.PathLike | None = None) -> Coverage | None:
     """What the results table of experiment ``name`` holds of its planned grid; None without the
     experiment file (a course copy outside the repository).
@@ -466,13 +474,14 @@ def coverage(name: str, preset: str = "cpu", results: str | os.PathLike | None =
         return None
     path = Path(results) if results is not None else exp.results
     rows = read_rows(path)
-    keep, later = tuned(exp, expand_grid(exp), rows)
+    grid = expand_grid(exp)
+    keep, later = tuned(exp, grid, rows)
     planned = keep + later
     ids = {spec.run_id for spec in planned}
     done = {r.get("run_id", "") for r in rows}
     failed = [r for r in read_rows(failed_path(path)) if r.get("run_id") in ids and r.get("run_id") not in done]
     return Coverage(f"{exp.preset}/{exp.name}" if exp.preset else exp.name, planned, done, failed,
-                    len(done - ids - {s.run_id for s in expand_grid(exp)}), {s.run_id for s in later})
+                    len(done - ids - {s.run_id for s in grid}), {s.run_id for s in later})
 
 
 @contextmanager

@@ -306,7 +306,7 @@ def load_patients(name: str, folder: str | os.PathLike | None = None, drop_diver
     Used in chapters 3-7, 9 and 10.
     """
     runs = load_results(name, folder)
-    path = results_path(f"{Path(name).name.removesuffix('.csv')}_patients", results_path(name, folder).parent)
+    path = results_path(f"{name.removesuffix('.csv')}_patients", folder)
     if runs is None or not path.is_file():
         return None
     scores = pd.read_csv(path)
@@ -392,10 +392,15 @@ def compare_table(scores: pd.DataFrame, arm: str, baseline: Any, by: Sequence[st
                          "sentence": f"{where}: {text}" if where else text})
     out = pd.DataFrame(rows, columns=[*by, arm, "difference", "low", "high", "direction", "p", "p_holm",
                                       "wilcoxon_p", "seeds", "patients", "note", "sentence"])
+    out.attrs["skipped"] = skipped
+    return _adjusted(out, alpha)
+
+
+def _adjusted(out: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    """Holm's correction over every row of ``out`` and the note saying what it asks (no rows: unchanged)."""
     if len(out):
         out["p_holm"] = holm(out["p"].to_numpy(dtype=float))
         out.attrs["note"] = multiplicity_note(len(out), alpha)
-    out.attrs["skipped"] = skipped
     return out
 
 
@@ -408,11 +413,7 @@ def family(tables: Sequence[pd.DataFrame], alpha: float = 0.05) -> pd.DataFrame:
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=next(
         (t.columns for t in tables if len(t.columns)), []))
     out.attrs["skipped"] = [s for t in tables for s in t.attrs.get("skipped", [])]
-    if not parts:
-        return out
-    out["p_holm"] = holm(out["p"].to_numpy(dtype=float))
-    out.attrs["note"] = multiplicity_note(len(out), alpha)
-    return out
+    return _adjusted(out, alpha)
 
 
 def verdicts(table: pd.DataFrame, arm: str, metric: str = "dice") -> dict[str, list[Any]]:
