@@ -145,106 +145,6 @@ def crashes(*args):
 
 
 # ---------------------------------------------------------------------------------------------
-# Tests
-# ---------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("check", "student"),
-    [
-        (check_dice, dice_right),
-        (check_dice, dice_nan_when_empty),
-        (check_iou, iou_right),
-        (check_confusion, confusion_right),
-        (check_confusion, confusion_torch),
-        (check_patient_split, split_right),
-        (check_softmax_decode, decode_right),
-        (check_softmax_decode, decode_numpy),
-    ],
-)
-def test_correct_answers_pass(check, student):
-    result = check(student)
-    assert isinstance(result, CheckResult)
-    assert result.passed, str(result)
-    assert bool(result)
-    assert result.messages[0].startswith("✓") and "correct on" in result.messages[0]
-    assert len(result.messages) == 1
-
-
-@pytest.mark.parametrize(
-    ("check", "student", "expected_in_message"),
-    [
-        (check_dice, dice_is_iou, "IoU"),
-        (check_dice, dice_without_factor_2, "factor 2"),
-        (check_dice, dice_with_eps, "both masks are empty"),
-        (check_dice, dice_bool_plus, "logical OR"),
-        (check_iou, dice_right, "your value is the Dice"),
-        (check_iou, iou_is_precision, "precision"),
-        (check_confusion, confusion_swapped, "swapped"),
-        (check_patient_split, split_slices_then_dedupe, "leakage"),
-        (check_patient_split, split_forgets_leftovers, "cover every patient"),
-        (check_patient_split, split_ignores_seed, "same split"),
-        (check_patient_split, split_unseeded, "same seed gave two different splits"),
-        (check_softmax_decode, decode_sigmoid, "multilabel"),
-        (check_softmax_decode, decode_naive_exp, "overflows"),
-        (check_softmax_decode, decode_last_axis, "class axis"),
-    ],
-)
-def test_typical_mistakes_fail_with_a_message(check, student, expected_in_message):
-    result = check(student)
-    assert not result.passed
-    assert not bool(result)
-    assert result.messages[0].startswith("✗")
-    text = str(result)
-    assert expected_in_message in text, text
-
-
-def test_failure_message_shows_input_expected_and_got():
-    text = str(check_dice(dice_is_iou))
-    assert "case 'partial overlap'" in text
-    assert "pred=[[1,1,0],[0,1,0]]" in text and "target=[[1,0,0],[1,1,0]]" in text
-    assert "expected 0.6667, got 0.5" in text
-
-
-@pytest.mark.parametrize(
-    "check", [check_dice, check_iou, check_confusion, check_patient_split, check_softmax_decode]
-)
-def test_crashes_are_reported_not_raised(check):
-    result = check(crashes)
-    assert not result.passed
-    assert "RuntimeError: not implemented yet" in str(result)
-
-
-def test_wrong_return_types_are_reported():
-    assert "expected a number" in str(check_dice(lambda p, t: None))
-    assert "Hint" not in str(check_dice(lambda p, t: 0.5))  # a constant matches no known mistake
-    assert "expected 4 arrays" in str(check_confusion(lambda p, t, k: (1, 2)))
-    assert "expected (train, val, test)" in str(check_patient_split(lambda ids, f, s: 3))
-    assert "expected shape" in str(check_softmax_decode(lambda x: x))
-
-
-def test_student_cannot_corrupt_the_reference_by_mutating_inputs():
-    def mutating(pred, target):
-        value = dice_right(pred, target)
-        pred[...] = 0
-        target[...] = 1
-        return value
-
-    assert check_dice(mutating).passed
-
-
-def test_markdown_and_repr():
-    good = check_iou(iou_right)
-    assert good._repr_markdown_().startswith("**✓ check_iou: correct on")
-    assert repr(good) == str(good) == good.messages[0]
-    bad = check_confusion(confusion_swapped)
-    md = bad._repr_markdown_()
-    assert md.startswith("**✗ check_confusion:")
-    assert "\n- case '" in md and "\n- Hint:" in md
-    assert CheckResult(True, ["ok"]).name == ""
-
-
-# ---------------------------------------------------------------------------------------------
 # Chapter 10: I3D kernels and 2.5-D input
 # ---------------------------------------------------------------------------------------------
 
@@ -309,38 +209,126 @@ def context_reversed(slices, k):
     return slices[neighbours].reshape(n, -1, *slices.shape[2:])
 
 
+CHAPTER_10_MISTAKES = [
+    (check_inflate_kernel, inflate_not_divided, "W / depth"),
+    (check_inflate_kernel, inflate_centre, "'centre' inflation"),
+    (check_inflate_kernel, inflate_by_height, "not by its height"),
+    (check_inflate_kernel, inflate_last_axis, "depth axis is dimension 2"),
+    (check_stack_context, context_wraps, "does not wrap around"),
+    (check_stack_context, context_zero_padded, "instead of padding with zeros"),
+    (check_stack_context, context_channel_major, "keep each neighbour's C channels together"),
+    (check_stack_context, context_reversed, "not the reverse"),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tests
+# ---------------------------------------------------------------------------------------------
+
+
 @pytest.mark.parametrize(
     ("check", "student"),
     [
+        (check_dice, dice_right),
+        (check_dice, dice_nan_when_empty),
+        (check_iou, iou_right),
+        (check_confusion, confusion_right),
+        (check_confusion, confusion_torch),
+        (check_patient_split, split_right),
+        (check_softmax_decode, decode_right),
+        (check_softmax_decode, decode_numpy),
         (check_inflate_kernel, inflate_right),
         (check_inflate_kernel, inflate_numpy),
         (check_stack_context, context_right),
         (check_stack_context, context_torch_loop),
     ],
 )
-def test_chapter_10_correct_answers_pass(check, student):
+def test_correct_answers_pass(check, student):
     result = check(student)
+    assert isinstance(result, CheckResult)
     assert result.passed, str(result)
-    assert result.messages[0].startswith("✓") and len(result.messages) == 1
+    assert bool(result)
+    assert result.messages[0].startswith("✓") and "correct on" in result.messages[0]
+    assert len(result.messages) == 1
 
 
 @pytest.mark.parametrize(
     ("check", "student", "expected_in_message"),
     [
-        (check_inflate_kernel, inflate_not_divided, "W / depth"),
-        (check_inflate_kernel, inflate_centre, "'centre' inflation"),
-        (check_inflate_kernel, inflate_by_height, "not by its height"),
-        (check_inflate_kernel, inflate_last_axis, "depth axis is dimension 2"),
-        (check_stack_context, context_wraps, "does not wrap around"),
-        (check_stack_context, context_zero_padded, "instead of padding with zeros"),
-        (check_stack_context, context_channel_major, "keep each neighbour's C channels together"),
-        (check_stack_context, context_reversed, "not the reverse"),
+        (check_dice, dice_is_iou, "IoU"),
+        (check_dice, dice_without_factor_2, "factor 2"),
+        (check_dice, dice_with_eps, "both masks are empty"),
+        (check_dice, dice_bool_plus, "logical OR"),
+        (check_iou, dice_right, "your value is the Dice"),
+        (check_iou, iou_is_precision, "precision"),
+        (check_confusion, confusion_swapped, "swapped"),
+        (check_patient_split, split_slices_then_dedupe, "leakage"),
+        (check_patient_split, split_forgets_leftovers, "cover every patient"),
+        (check_patient_split, split_ignores_seed, "same split"),
+        (check_patient_split, split_unseeded, "same seed gave two different splits"),
+        (check_softmax_decode, decode_sigmoid, "multilabel"),
+        (check_softmax_decode, decode_naive_exp, "overflows"),
+        (check_softmax_decode, decode_last_axis, "class axis"),
+        *CHAPTER_10_MISTAKES,
     ],
 )
-def test_chapter_10_mistakes_fail_with_their_hint(check, student, expected_in_message):
+def test_typical_mistakes_fail_with_a_message(check, student, expected_in_message):
     result = check(student)
-    assert not result.passed and result.messages[0].startswith("✗")
-    assert expected_in_message in str(result), str(result)
+    assert not result.passed
+    assert not bool(result)
+    assert result.messages[0].startswith("✗")
+    text = str(result)
+    assert expected_in_message in text, text
+
+
+def test_failure_message_shows_input_expected_and_got():
+    text = str(check_dice(dice_is_iou))
+    assert "case 'partial overlap'" in text
+    assert "pred=[[1,1,0],[0,1,0]]" in text and "target=[[1,0,0],[1,1,0]]" in text
+    assert "expected 0.6667, got 0.5" in text
+
+
+@pytest.mark.parametrize(
+    "check", [check_dice, check_iou, check_confusion, check_patient_split, check_softmax_decode]
+)
+def test_crashes_are_reported_not_raised(check):
+    result = check(crashes)
+    assert not result.passed
+    assert "RuntimeError: not implemented yet" in str(result)
+
+
+def test_wrong_return_types_are_reported():
+    assert "expected a number" in str(check_dice(lambda p, t: None))
+    assert "Hint" not in str(check_dice(lambda p, t: 0.5))  # a constant matches no known mistake
+    assert "expected 4 arrays" in str(check_confusion(lambda p, t, k: (1, 2)))
+    assert "expected (train, val, test)" in str(check_patient_split(lambda ids, f, s: 3))
+    assert "expected shape" in str(check_softmax_decode(lambda x: x))
+
+
+def test_student_cannot_corrupt_the_reference_by_mutating_inputs():
+    def mutating(pred, target):
+        value = dice_right(pred, target)
+        pred[...] = 0
+        target[...] = 1
+        return value
+
+    assert check_dice(mutating).passed
+
+
+def test_markdown_and_repr():
+    good = check_iou(iou_right)
+    assert good._repr_markdown_().startswith("**✓ check_iou: correct on")
+    assert repr(good) == str(good) == good.messages[0]
+    bad = check_confusion(confusion_swapped)
+    md = bad._repr_markdown_()
+    assert md.startswith("**✗ check_confusion:")
+    assert "\n- case '" in md and "\n- Hint:" in md
+    assert CheckResult(True, ["ok"]).name == ""
+
+
+@pytest.mark.parametrize(("check", "student", "expected_in_message"), CHAPTER_10_MISTAKES)
+def test_chapter_10_mistakes_get_exactly_their_hint(check, student, expected_in_message):
+    result = check(student)
     assert sum(line.startswith("Hint:") for line in result.messages) == 1, str(result)  # the one mistake made
 
 

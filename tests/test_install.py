@@ -55,27 +55,12 @@ def _without_magics(source: str) -> str:
     return "\n".join(ln for ln in source.splitlines() if not ln.lstrip().startswith(("%", "!")))
 
 
-def _catches_import_error(node: ast.Try) -> bool:
-    names = {"ImportError", "ModuleNotFoundError"}
-    for handler in node.handlers:
-        caught = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
-        if any(getattr(c, "id", None) in names for c in caught):
-            return True
-    return False
-
-
 def _chapter_imports() -> set[str]:
-    """Top-level third-party modules that the chapters' code cells import (optional ones, imported in a
-    ``try`` whose ``except`` catches ImportError, such as chapter 10's acsconv, are not required)."""
+    """Top-level third-party modules that the chapters' code cells import, the optional ones aside."""
     mods = set()
     for nb in CHAPTERS:
         for source in _code_cells(nb):
-            tree = ast.parse(_without_magics(source))
-            optional = {id(n) for t in ast.walk(tree) if isinstance(t, ast.Try) and _catches_import_error(t)
-                        for b in t.body for n in ast.walk(b)}
-            for node in ast.walk(tree):
-                if id(node) in optional:
-                    continue
+            for node in ast.walk(ast.parse(_without_magics(source))):
                 if isinstance(node, ast.Import):
                     mods |= {a.name.split(".")[0] for a in node.names}
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
