@@ -50,7 +50,6 @@ __all__ = [
     "load_curves",
     "load_patients",
     "load_results",
-    "mean_std_table",
     "missing_message",
     "patients_to_match",
     "plot_curves",
@@ -257,20 +256,6 @@ def select_on_validation(df: pd.DataFrame, arm: str, choice: str, score: str = "
     out = df[[a in single or (a in selected and same(c, selected[a])) for a, c in zip(df[arm], df[choice])]].copy()
     out.attrs["selected"] = selected
     return out
-
-
-def mean_std_table(
-    df: pd.DataFrame, index: str, columns: str, metric: str = "test_dice", digits: int = 3
-) -> pd.DataFrame:
-    """A display table of ``"mean ± std"`` strings: ``index`` down, ``columns`` across.
-
-    Used in chapters 3, 4, 5, 6, 7 and 9.
-    """
-    agg = aggregate(df, [index, columns], metric)
-    agg["cell"] = [_fmt(m, s, digits) for m, s in zip(agg["mean"], agg["std"])]
-    table = agg.pivot(index=index, columns=columns, values="cell")
-    table = table.reindex(index=order_levels(agg[index], index), columns=order_levels(agg[columns], columns))
-    return table.fillna("")
 
 
 def run_provenance(df: pd.DataFrame) -> str:

@@ -89,11 +89,11 @@ def test_aggregate_single_run_has_nan_std(folder):
     assert agg["n"].eq(1).all() and agg["std"].isna().all()
 
 
-def test_mean_std_table_formats_cells(folder):
-    table = results.mean_std_table(results.load_results("data_efficiency", folder), "strategy", "label_fraction")
-    assert table.index.tolist() == ["scratch", "full_finetune"]
-    assert table.columns.tolist() == [0.1, 1.0]
-    assert table.loc["full_finetune", 1.0] == "0.900 ± 0.010"
+def test_summary_table_formats_cells(folder):
+    table = results.summary_table(results.load_results("data_efficiency", folder), ["strategy", "label_fraction"],
+                                  metrics=["test_dice"])
+    assert table.index.get_level_values("strategy").unique().tolist() == ["scratch", "full_finetune"]
+    assert table.loc[("full_finetune", 1.0)].iloc[-1] == "0.900 ± 0.010"
 
 
 def test_order_levels_prefers_book_order():
@@ -184,8 +184,8 @@ def test_diverged_runs_are_counted_apart_not_averaged_in() -> None:
     assert agg.loc["rmsprop", "n_diverged"] == 1 and agg.loc["adam", "n_diverged"] == 1
     everything = results.aggregate(df, ["optimizer"], drop_diverged=False).set_index("optimizer")
     assert everything.loc["rmsprop", "mean"] == pytest.approx(0.54) and everything.loc["rmsprop", "n"] == 3
-    table = results.mean_std_table(df.assign(setting="x"), "optimizer", "setting")
-    assert table.loc["rmsprop", "x"] == "0.810 ± 0.014"
+    table = results.summary_table(df, ["optimizer"], metrics=["test_dice"])
+    assert table.loc["rmsprop"].tolist() == [2, 1, "0.810 ± 0.014"]
 
 
 # --- paired comparisons from the per-patient table -----------------------------------------------------
