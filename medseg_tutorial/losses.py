@@ -1,7 +1,7 @@
-"""Segmentation losses, written to be read next to the book's chapter on losses.
+"""Segmentation losses, written to be read next to chapter 4.
 
-Every loss takes the raw **logits** of the segmentation head (never probabilities) and a target.
-The three modes use the same names and shapes as ``segmentation_models_pytorch.losses``:
+Every loss takes the raw **logits** of the segmentation head (never probabilities) and a target, in
+the modes and shapes of ``segmentation_models_pytorch.losses`` (``*spatial`` is ``(H, W)`` or ``(D, H, W)``):
 
 ============  ==============================  ===============================================
 mode          logits                          target
@@ -11,27 +11,19 @@ multiclass    ``(N, K, *spatial)``            ``(N, *spatial)`` integers in ``[0
 multilabel    ``(N, K, *spatial)``            ``(N, K, *spatial)`` in {0, 1}
 ============  ==============================  ===============================================
 
-``*spatial`` is ``(H, W)`` for slices or ``(D, H, W)`` for volumes.
+**Pixel-wise** losses (BCE, cross-entropy, focal) average a per-pixel penalty, so large structures
+dominate. **Region** losses (Dice, Jaccard, Tversky) compare soft overlap counts per class, so a small
+structure counts as much as a large one; the counts are summed over the *whole batch*, as in smp, so a
+class absent from one image but present in another still gets a well-defined score.
 
-Two families:
-
-* **pixel-wise** losses (BCE, cross-entropy, focal) average a per-pixel penalty over all
-  (non-ignored) pixels, so large structures dominate;
-* **region** losses (Dice, Jaccard, Tversky) compare soft overlap counts per class, so a small
-  structure counts as much as a large one. Their counts are summed over the *whole batch*
-  (``dims=(0, 2)`` in smp), not per image: a class that is absent from one image but present in
-  another still gets a well-defined score.
-
-The numbers agree with ``smp.losses`` (see ``tests/test_losses.py``); where our semantics differ
+The values agree with ``smp.losses`` (``tests/test_losses.py``); where our semantics differ
 (``ignore_index`` in BCE, softmax focal loss) the docstring says so.
-
-Build a loss by name with :func:`build_loss`, e.g. ``build_loss("dice_ce", "multiclass")``.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
@@ -40,17 +32,8 @@ from torch import Tensor, nn
 
 from .names import lookup
 
-__all__ = [
-    "LOSSES",
-    "BCEWithLogitsLoss",
-    "CrossEntropyLoss",
-    "DiceLoss",
-    "FocalLoss",
-    "JaccardLoss",
-    "TverskyLoss",
-    "build_loss",
-    "losses_for_mode",
-]
+__all__ = ["LOSSES", "BCEWithLogitsLoss", "CrossEntropyLoss", "DiceLoss", "FocalLoss", "JaccardLoss",
+           "TverskyLoss", "build_loss", "losses_for_mode"]
 
 MODES: tuple[str, ...] = ("binary", "multiclass", "multilabel")
 
@@ -62,35 +45,25 @@ def _check_mode(mode: str, allowed: Sequence[str], loss_name: str) -> None:
         raise ValueError(f"{loss_name} does not support mode {mode!r} (supported: {', '.join(allowed)})")
 
 
-# --------------------------------------------------------------------------------------------
-# From logits and labels to per-class probability / one-hot maps of shape (N, C, P)
-# --------------------------------------------------------------------------------------------
+# --- from logits and labels to per-class probability / one-hot maps of shape (N, C, P) -------------
 
 
-def _binary_maps(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    if logits.shape[1] != 1:
+def _probability_maps(logits: Tensor, target: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+    """Probabilities ``(N, C, P)``; the target as ``(N, 1, P)`` labels (multiclass) or ``(N, C, P)`` maps."""
+    n, k = logits.shape[:2]
+    if mode == "binary" and k != 1:
         raise ValueError(f"binary mode expects logits with 1 channel, got shape {tuple(logits.shape)}")
-    n = logits.shape[0]
-    return torch.sigmoid(logits).reshape(n, 1, -1), target.reshape(n, 1, -1)
-
-
-def _multiclass_maps(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    n, k = logits.shape[:2]
-    # Softmax over the class axis: classes are mutually exclusive, probabilities sum to 1 per pixel.
-    return torch.softmax(logits, dim=1).reshape(n, k, -1), target.reshape(n, 1, -1)
-
-
-def _multilabel_maps(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    n, k = logits.shape[:2]
+    if mode == "multiclass":
+        # Softmax over the class axis: classes are mutually exclusive, probabilities sum to 1 per pixel.
+        return torch.softmax(logits, dim=1).reshape(n, k, -1), target.reshape(n, 1, -1)
     # One independent sigmoid per channel: a pixel may belong to several labels at once.
     return torch.sigmoid(logits).reshape(n, k, -1), target.reshape(n, k, -1)
 
 
-_PROBABILITY_MAPS: dict[str, Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]] = {
-    "binary": _binary_maps,
-    "multiclass": _multiclass_maps,
-    "multilabel": _multilabel_maps,
-}
+def _drop_ignored(labels: Tensor, ignore_index: int | None) -> tuple[Tensor, Tensor]:
+    """``labels`` with ignored pixels set to 0, and the mask of the pixels that count."""
+    valid = torch.ones_like(labels, dtype=torch.bool) if ignore_index is None else labels != ignore_index
+    return labels.where(valid, torch.zeros_like(labels)), valid
 
 
 def _one_hot(labels: Tensor, num_classes: int) -> Tensor:
@@ -111,9 +84,8 @@ def _prepare(logits: Tensor, target: Tensor, mode: str, ignore_index: int | None
     """
     if target.shape[0] != logits.shape[0]:
         raise ValueError(f"batch sizes differ: logits {tuple(logits.shape)}, target {tuple(target.shape)}")
-    probs, labels = _PROBABILITY_MAPS[mode](logits, target)
-    valid = torch.ones_like(labels, dtype=torch.bool) if ignore_index is None else labels != ignore_index
-    labels = labels.where(valid, torch.zeros_like(labels))
+    probs, labels = _probability_maps(logits, target, mode)
+    labels, valid = _drop_ignored(labels, ignore_index)
     onehot = _one_hot(labels, logits.shape[1]) if mode == "multiclass" else labels.to(probs.dtype)
     valid = valid.expand_as(onehot)
     return probs * valid, onehot * valid
@@ -122,14 +94,9 @@ def _prepare(logits: Tensor, target: Tensor, mode: str, ignore_index: int | None
 def soft_counts(probs: Tensor, onehot: Tensor, dims: tuple[int, ...] = (0, 2)) -> tuple[Tensor, Tensor, Tensor]:
     """Soft true positives, false positives and false negatives per class.
 
-    With probability ``p`` of the class and truth ``y`` in {0, 1} at each pixel::
-
-        TP = sum p * y          (predicted class, truly class)
-        FP = sum p * (1 - y)    (predicted class, truly something else)
-        FN = sum (1 - p) * y    (missed true class pixels)
-
-    With hard 0/1 predictions these are the ordinary confusion counts. Summing over ``dims=(0, 2)``
-    of an ``(N, C, P)`` tensor pools the whole batch, as smp does.
+    With probability ``p`` of the class and truth ``y`` in {0, 1} at each pixel: ``TP = sum p * y``,
+    ``FP = sum p * (1 - y)``, ``FN = sum (1 - p) * y``; with hard 0/1 predictions these are the ordinary
+    confusion counts. ``dims=(0, 2)`` of an ``(N, C, P)`` tensor pools the whole batch, as smp does.
     """
     tp = (probs * onehot).sum(dims)
     fp = (probs * (1 - onehot)).sum(dims)
@@ -137,9 +104,7 @@ def soft_counts(probs: Tensor, onehot: Tensor, dims: tuple[int, ...] = (0, 2)) -
     return tp, fp, fn
 
 
-# --------------------------------------------------------------------------------------------
-# Region losses: Tversky, with Dice and Jaccard as special cases
-# --------------------------------------------------------------------------------------------
+# --- region losses: Tversky, with Dice and Jaccard as special cases ---------------------------------
 
 
 class TverskyLoss(nn.Module):
@@ -151,25 +116,16 @@ class TverskyLoss(nn.Module):
     ``beta`` weighs **false negatives** (missed true foreground). ``beta > alpha`` favours recall,
     which helps small structures. ``alpha = beta = 0.5`` is Dice, ``alpha = beta = 1`` is Jaccard.
 
-    Args:
-        mode: ``"binary"``, ``"multiclass"`` or ``"multilabel"``.
-        alpha: weight of false positives.
-        beta: weight of false negatives.
-        gamma: focal Tversky exponent; the loss is ``mean(1 - TI) ** gamma`` (smp convention).
-        classes: class indices that enter the mean (default: all channels). Not for binary mode.
-        ignore_background: multiclass only; shorthand for ``classes = 1..K-1``.
-        smooth: ``s`` above, added to numerator and denominator. Note the smp convention: for Dice
-            this gives ``(2TP + 2s) / (2TP + FP + FN + 2s)``.
-        eps: lower bound of the denominator (avoids 0/0 for a class absent from prediction and truth).
-        log_loss: use ``-log(TI)`` instead of ``1 - TI``.
-        ignore_index: target value whose pixels are left out of all counts.
-        class_weights: one weight per channel (not for binary mode); the classes are then averaged
-            with these weights, ``sum(w * loss) / sum(w)``, as in smp.
+    The smp conventions: the loss is ``mean(1 - TI) ** gamma`` (focal Tversky); ``smooth`` (``s``)
+    gives Dice as ``(2TP + 2s) / (2TP + FP + FN + 2s)``; ``eps`` bounds the denominator;
+    ``log_loss`` uses ``-log(TI)``; ``class_weights`` (one per channel) average the classes as
+    ``sum(w * loss) / sum(w)``. ``classes`` picks the classes that enter the mean, and
+    ``ignore_background`` (multiclass only) is short for ``classes = 1..K-1``; neither, nor
+    ``class_weights``, applies to binary mode. ``ignore_index`` pixels are left out of all counts.
 
-    Counts are pooled over the batch (like smp). A class with no true pixel in the batch
-    contributes 0 (but still counts in the mean, as in smp): with ``smooth = 0`` its index is
-    ``0 / FP = 0`` whatever the prediction, a constant that carries no gradient, so zeroing it only
-    makes a perfect prediction score a loss of 0.
+    A class with no true pixel in the batch contributes 0 (but still counts in the mean, as in smp):
+    with ``smooth = 0`` its index is ``0 / FP = 0`` whatever the prediction, a constant that carries
+    no gradient, so zeroing it only makes a perfect prediction score a loss of 0.
 
     Used in chapter 4.
     """
@@ -214,15 +170,11 @@ class TverskyLoss(nn.Module):
                 f"classes={self.classes}, ignore_background={self.ignore_background}, smooth={self.smooth}, "
                 f"log_loss={self.log_loss}, ignore_index={self.ignore_index}")
 
-    def score(self, tp: Tensor, fp: Tensor, fn: Tensor) -> Tensor:
-        """Tversky index per class from (soft) counts."""
-        denominator = tp + self.alpha * fp + self.beta * fn + self.smooth
-        return (tp + self.smooth) / denominator.clamp_min(self.eps)
-
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         probs, onehot = _prepare(logits, target, self.mode, self.ignore_index)
         tp, fp, fn = soft_counts(probs, onehot)
-        score = self.score(tp, fp, fn)
+        denominator = tp + self.alpha * fp + self.beta * fn + self.smooth
+        score = (tp + self.smooth) / denominator.clamp_min(self.eps)  # the Tversky index of each class
         loss = -torch.log(score.clamp_min(self.eps)) if self.log_loss else 1.0 - score
         present = onehot.sum(dim=(0, 2)) > 0  # classes with at least one true pixel in the batch
         loss = loss * present
@@ -245,10 +197,8 @@ class DiceLoss(TverskyLoss):
 
     .. math:: Dice = \frac{2\,TP}{2\,TP + FP + FN} = \frac{TP}{TP + \tfrac12 FP + \tfrac12 FN}
 
-    where FP = predicted foreground that is truly background and FN = missed true foreground,
-    computed on probabilities (soft counts, see :func:`soft_counts`) so the loss is differentiable.
-    Equals ``smp.losses.DiceLoss`` with the same ``smooth``, ``eps``, ``classes``, ``log_loss`` and
-    ``ignore_index``; see :class:`TverskyLoss` for the arguments and the batch pooling.
+    computed on probabilities (soft counts, :func:`soft_counts`) so the loss is differentiable.
+    Equals ``smp.losses.DiceLoss``; see :class:`TverskyLoss` for the arguments.
     """
 
     def __init__(self, mode: str, **kwargs) -> None:
@@ -267,9 +217,7 @@ class JaccardLoss(TverskyLoss):
         super().__init__(mode, alpha=1.0, beta=1.0, **kwargs)
 
 
-# --------------------------------------------------------------------------------------------
-# Pixel-wise losses
-# --------------------------------------------------------------------------------------------
+# --- pixel-wise losses ------------------------------------------------------------------------------
 
 
 def _masked_mean(values: Tensor, valid: Tensor, weights: Tensor | None = None) -> Tensor:
@@ -283,15 +231,10 @@ class BCEWithLogitsLoss(nn.Module):
 
     .. math:: \ell = -\,[\,w_+\,y \log \sigma(x) + (1 - y) \log(1 - \sigma(x))\,]
 
-    Computed with ``F.binary_cross_entropy_with_logits`` (stable for large ``|x|``).
-
-    Args:
-        mode: ``"binary"`` or ``"multilabel"``.
-        pos_weight: ``w_+``, weight of positive pixels (a float, or one per channel); e.g. the
-            background/foreground ratio to counter class imbalance.
-        ignore_index: target value whose pixels are left out. Unlike ``smp.losses.SoftBCEWithLogitsLoss``
-            (which zeroes them but still divides by *all* pixels) we average over the kept pixels only,
-            like ``torch.nn.CrossEntropyLoss``.
+    ``pos_weight`` (``w_+``, a float or one per channel) weighs positive pixels, e.g. by the
+    background/foreground ratio to counter class imbalance. Unlike ``smp.losses.SoftBCEWithLogitsLoss``
+    (which zeroes ``ignore_index`` pixels but still divides by *all* pixels) we average over the kept
+    pixels only, like ``torch.nn.CrossEntropyLoss``.
     """
 
     modes: ClassVar[tuple[str, ...]] = ("binary", "multilabel")
@@ -301,8 +244,7 @@ class BCEWithLogitsLoss(nn.Module):
     ) -> None:
         super().__init__()
         _check_mode(mode, self.modes, type(self).__name__)
-        self.mode = mode
-        self.ignore_index = ignore_index
+        self.mode, self.ignore_index = mode, ignore_index
         pw = None if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32)
         self.register_buffer("pos_weight", pw)
 
@@ -310,9 +252,8 @@ class BCEWithLogitsLoss(nn.Module):
         return f"mode={self.mode!r}, ignore_index={self.ignore_index}"
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        target = target.reshape(logits.shape)  # binary: (N, H, W) -> (N, 1, H, W)
-        valid = torch.ones_like(target, dtype=torch.bool) if self.ignore_index is None else target != self.ignore_index
-        target = target.where(valid, torch.zeros_like(target)).to(logits.dtype)
+        target, valid = _drop_ignored(target.reshape(logits.shape), self.ignore_index)  # binary: (N, 1, ...)
+        target = target.to(logits.dtype)
         pos_weight = self.pos_weight
         if pos_weight is not None and pos_weight.ndim == 1:
             # one weight per channel, broadcast over the spatial axes
@@ -329,11 +270,6 @@ class CrossEntropyLoss(nn.Module):
 
     the log-probability of the true class ``y`` at each pixel, averaged over the non-ignored
     pixels (weighted by ``class_weights`` when given). Identical to ``F.cross_entropy``.
-
-    Args:
-        mode: must be ``"multiclass"`` (for binary / multilabel use BCE).
-        class_weights: optional weight per class.
-        ignore_index: target value whose pixels are left out.
     """
 
     modes: ClassVar[tuple[str, ...]] = ("multiclass",)
@@ -346,8 +282,7 @@ class CrossEntropyLoss(nn.Module):
     ) -> None:
         super().__init__()
         _check_mode(mode, self.modes, type(self).__name__)
-        self.mode = mode
-        self.ignore_index = ignore_index
+        self.mode, self.ignore_index = mode, ignore_index
         cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
         self.register_buffer("class_weights", cw)
 
@@ -357,9 +292,7 @@ class CrossEntropyLoss(nn.Module):
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         n, k = logits.shape[:2]
         log_probs = F.log_softmax(logits, dim=1).reshape(n, k, -1)
-        labels = target.reshape(n, 1, -1).long()
-        valid = torch.ones_like(labels, dtype=torch.bool) if self.ignore_index is None else labels != self.ignore_index
-        labels = labels.where(valid, torch.zeros_like(labels))
+        labels, valid = _drop_ignored(target.reshape(n, 1, -1).long(), self.ignore_index)
         _one_hot(labels, k)  # validates the label range with a readable error
         nll = -log_probs.gather(1, labels)  # (N, 1, P): -log p(true class)
         weights = None if self.class_weights is None else self.class_weights.to(nll.dtype)[labels]
@@ -418,8 +351,7 @@ class FocalLoss(nn.Module):
         n, k = logits.shape[:2]
         x = logits.reshape(n, k, -1)
         labels = target.reshape(n, -1 if self.mode == "multilabel" else 1, x.shape[-1])
-        valid = torch.ones_like(labels, dtype=torch.bool) if self.ignore_index is None else labels != self.ignore_index
-        labels = labels.where(valid, torch.zeros_like(labels))
+        labels, valid = _drop_ignored(labels, self.ignore_index)
         if self.softmax:
             labels = labels.long()
             _one_hot(labels, k)  # label range check
@@ -436,9 +368,7 @@ class FocalLoss(nn.Module):
         return _masked_mean(focal, valid)
 
 
-# --------------------------------------------------------------------------------------------
-# Combinations
-# --------------------------------------------------------------------------------------------
+# --- combinations ----------------------------------------------------------------------------------
 
 
 class CombinedLoss(nn.Module):
@@ -515,9 +445,7 @@ class DiceCELoss(CombinedLoss):
         })
 
 
-# --------------------------------------------------------------------------------------------
-# Registry
-# --------------------------------------------------------------------------------------------
+# --- registry --------------------------------------------------------------------------------------
 
 LOSSES: dict[str, type[nn.Module]] = {
     "bce": BCEWithLogitsLoss,

@@ -1,8 +1,4 @@
-"""Optimizers, learning-rate schedules and the LR range test (chapter 6).
-
-Everything here is a thin, named layer over ``torch.optim``: the registries :data:`OPTIMIZERS` and
-:data:`SCHEDULERS` map the names used in configs to torch classes, so experiments can be written as
-``build_optimizer("adamw", plan.param_groups(1e-3), lr=1e-3, weight_decay=1e-4)``.
+"""Optimizers, learning-rate schedules and the LR range test (chapter 6), by name, over ``torch.optim``.
 
 When is a scheduler stepped? Every scheduler built here carries ``scheduler.medseg_interval``:
 
@@ -30,9 +26,7 @@ from .step import NonFiniteLossError, TrainStep
 
 __all__ = ["OPTIMIZERS", "build_optimizer", "build_scheduler", "lr_range_test"]
 
-# --------------------------------------------------------------------------------------------------
-# Optimizers
-# --------------------------------------------------------------------------------------------------
+# --- optimizers ------------------------------------------------------------------------------------
 
 # name -> (torch class, the hyper-parameters of ours it understands)
 OPTIMIZERS: dict[str, tuple[type[Optimizer], tuple[str, ...]]] = {
@@ -75,9 +69,8 @@ def build_optimizer(
 
     Groups may carry their own ``"lr"`` or an ``"lr_scale"`` multiplier of ``lr`` (and their own
     ``"weight_decay"``, as :meth:`StrategyPlan.param_groups` sets). ``fused=None`` picks the fused
-    CUDA kernel when every parameter is on a GPU and the optimizer has one (SGD, Adam, AdamW): one
-    kernel launch for all tensors instead of several per tensor. Otherwise torch chooses its own
-    default (multi-tensor ``foreach`` on CUDA, a plain loop on CPU).
+    CUDA kernel (one launch for all tensors) when every parameter is on a GPU and the optimizer has
+    one (SGD, Adam, AdamW); otherwise torch chooses its own default.
 
     Used in chapters 6 and 8.
     """
@@ -95,41 +88,40 @@ def build_optimizer(
     return cls(params, **kwargs)
 
 
-# --------------------------------------------------------------------------------------------------
-# Schedulers
-# --------------------------------------------------------------------------------------------------
+# --- schedulers ------------------------------------------------------------------------------------
 
 
-def _warmup_cosine(total: int, warmup: int, min_ratio: float) -> Callable[[int], float]:
-    """LR multiplier at step s: linear warm-up to 1 over ``warmup`` steps, then cosine down to ``min_ratio``."""
+def _warmup_decay(
+    total: int, warmup: int, min_ratio: float, exponent: float | None = None
+) -> Callable[[int], float]:
+    """LR multiplier at step s: linear warm-up to 1 over ``warmup`` steps, then down to ``min_ratio``.
+
+    The decay is a cosine, or with ``exponent`` nnU-Net's ``(1 - progress) ** exponent`` (Isensee 2021).
+    """
 
     def factor(s: int) -> float:
         if s < warmup:
             return (s + 1) / warmup
         progress = min(1.0, (s - warmup) / max(1, total - warmup))
+        if exponent is not None:
+            return max(min_ratio, (1 - progress) ** exponent)
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
 
 
+# LambdaLR multiplies each group's own lr, so discriminative per-group ratios survive the schedule
+# (CosineAnnealingLR's eta_min is one absolute value for all groups).
 def _constant(opt: Optimizer, total: int, warmup: int, min_ratio: float, **kw: Any) -> LambdaLR:
-    return LambdaLR(opt, _warmup_cosine(total, warmup, min_ratio=1.0), **kw)
+    return LambdaLR(opt, _warmup_decay(total, warmup, min_ratio=1.0), **kw)
 
 
 def _cosine(opt: Optimizer, total: int, warmup: int, min_ratio: float, **kw: Any) -> LambdaLR:
-    # LambdaLR multiplies each group's own lr, so discriminative per-group ratios survive the schedule;
-    # CosineAnnealingLR's eta_min is one absolute value for all groups.
-    return LambdaLR(opt, _warmup_cosine(total, warmup, min_ratio), **kw)
+    return LambdaLR(opt, _warmup_decay(total, warmup, min_ratio), **kw)
 
 
 def _poly(opt: Optimizer, total: int, warmup: int, min_ratio: float, exponent: float = 0.9, **kw: Any) -> LambdaLR:
-    # nnU-Net's schedule (Isensee et al. 2021): lr * (1 - step / total) ** 0.9, after an optional warm-up
-    def factor(s: int) -> float:
-        if s < warmup:
-            return (s + 1) / warmup
-        return max(min_ratio, (1 - min(1.0, (s - warmup) / max(1, total - warmup))) ** exponent)
-
-    return LambdaLR(opt, factor, **kw)
+    return LambdaLR(opt, _warmup_decay(total, warmup, min_ratio, exponent), **kw)
 
 
 def _onecycle(opt: Optimizer, total: int, warmup: int, min_ratio: float, **kw: Any) -> OneCycleLR:
@@ -187,9 +179,7 @@ def build_scheduler(
     return scheduler
 
 
-# --------------------------------------------------------------------------------------------------
-# LR range test
-# --------------------------------------------------------------------------------------------------
+# --- LR range test ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -225,12 +215,11 @@ def _steepest(lrs: np.ndarray, smoothed: np.ndarray) -> float:
     two LRs of the sweep: the loss was still falling fastest where the sweep ended (or diverged), so
     "steepest" would only echo ``end_lr`` (an RMSprop run of chapter 6 got 1.0 that way).
     """
-    if len(lrs) < 5:
-        return _min_div10(lrs, smoothed)
-    steepest = int(np.argmin(np.gradient(smoothed, np.log10(lrs))))
-    if steepest >= len(lrs) - 2:
-        return _min_div10(lrs, smoothed)
-    return float(lrs[steepest])
+    if len(lrs) >= 5:
+        steepest = int(np.argmin(np.gradient(smoothed, np.log10(lrs))))
+        if steepest < len(lrs) - 2:
+            return float(lrs[steepest])
+    return _min_div10(lrs, smoothed)
 
 
 def _min_div10(lrs: np.ndarray, smoothed: np.ndarray) -> float:
@@ -269,16 +258,14 @@ def lr_range_test(
     """Smith's LR range test (2017, as popularised by fastai): train briefly with an exponentially growing LR.
 
     The LR grows from ``start_lr`` to ``end_lr`` over ``num_iter`` mini-batches, each trained by the
-    trainer's own :class:`~medseg_tutorial.step.TrainStep`; the loss is smoothed with an exponential
-    moving average (weight ``smooth`` on the newest loss, bias-corrected) and the sweep stops early
-    once the smoothed loss exceeds ``diverge_factor`` x its minimum or becomes non-finite.
-    ``suggest="steepest"`` returns the LR where the smoothed loss falls fastest, ``"min/10"`` a tenth
-    of the LR at its minimum. ``params`` may be parameter groups (e.g. from a strategy plan); their
-    ``lr_scale`` ratios are kept during the sweep. ``normalize`` is applied to the inputs, as in training.
+    trainer's own :class:`~medseg_tutorial.step.TrainStep`. The loss is smoothed by a bias-corrected
+    moving average (weight ``smooth`` on the newest loss); the sweep stops once the smoothed loss
+    exceeds ``diverge_factor`` x its minimum or is not finite. ``suggest="steepest"`` returns the LR
+    where the smoothed loss falls fastest, ``"min/10"`` a tenth of the LR at its minimum. Parameter
+    groups in ``params`` keep their ``lr_scale`` ratios during the sweep.
 
-    The model is moved to ``device`` (in place, like ``Module.to``), and afterwards its parameters,
-    buffers, train/eval mode, gradients and the global RNG are as before: the test leaves no trace.
-    Used in chapter 6.
+    The model is moved to ``device`` (in place, like ``Module.to``); afterwards its parameters,
+    buffers, train/eval mode, gradients and the global RNG are as before. Used in chapter 6.
     """
     if suggest not in SUGGESTIONS:
         raise KeyError(f"unknown suggestion rule {suggest!r}; choose from {sorted(SUGGESTIONS)}")

@@ -1,18 +1,9 @@
 """Transfer-learning strategies: which parameters train, at which learning rate, and from when.
 
-Every strategy of chapter 7 is a point in one small design space, described by a frozen
-:class:`Strategy` dataclass:
-
-* ``reinit_encoder``   throw the pretrained encoder weights away (the *scratch* baseline);
-* ``frozen_stages``    how many shallow encoder stages stay frozen for the whole run (``None`` = all);
-* ``unfreeze``         an epoch -> "number of deepest encoder stages trainable" schedule;
-* ``encoder_lr_scale`` and ``lr_decay``  learning-rate multipliers for the encoder stages.
-
+Every strategy of chapter 7 is a point in one small design space, the fields of :class:`Strategy`.
 The registry (:data:`STRATEGIES`, :func:`get_strategy`) names the well-known points, and the knobs
 compose: ``get_strategy("gradual_unfreezing", every=2, lr_decay=0.5)`` is ULMFiT-style gradual
-unfreezing with discriminative learning rates.
-
-``strategy.apply(model)`` returns a :class:`StrategyPlan` that the trainer uses::
+unfreezing with discriminative learning rates. ``strategy.apply(model)`` returns a :class:`StrategyPlan`::
 
     plan = get_strategy("frozen_stages", k=2).apply(model)
     optimizer = torch.optim.AdamW(plan.param_groups(base_lr=1e-3, weight_decay=1e-4))
@@ -22,12 +13,10 @@ unfreezing with discriminative learning rates.
         ...
 
 Frozen BatchNorm. Freezing a BatchNorm layer's weights is not enough: in ``train()`` mode it still
-updates its running mean and variance, so a "frozen" encoder would drift towards the statistics of
-the new data set. Each frozen BatchNorm layer therefore gets a *forward pre-hook* that switches it
-back to eval mode right before every forward pass. This holds whoever calls ``model.train()`` (a
-trainer, a notebook cell, the LR range test), and the hook is removed when the stage is unfrozen.
-``plan.train_mode(model)`` does the same explicitly, so that ``module.training`` also tells the
-truth between forward passes.
+updates its running statistics, so a "frozen" encoder would drift towards the new data set. Each
+frozen BatchNorm layer therefore gets a forward pre-hook that puts it back into eval mode before every
+forward pass, whoever calls ``model.train()``; ``plan.train_mode(model)`` does the same explicitly, so
+that ``module.training`` also tells the truth between forward passes.
 """
 
 from __future__ import annotations
@@ -45,20 +34,12 @@ from torch.utils.hooks import RemovableHandle
 from .models.inflate import ACSConv
 from .names import lookup
 
-__all__ = [
-    "STRATEGIES",
-    "StrategyPlan",
-    "get_strategy",
-    "list_strategies",
-    "model_groups",
-]
+__all__ = ["STRATEGIES", "StrategyPlan", "get_strategy", "list_strategies", "model_groups"]
 
 UNUSED = "encoder.unused"
 
 
-# --------------------------------------------------------------------------------------------------
-# Splitting a model into named groups
-# --------------------------------------------------------------------------------------------------
+# --- splitting a model into named groups ----------------------------------------------------------
 
 
 @dataclass
@@ -93,17 +74,12 @@ def _feature_map(x: Any) -> torch.Tensor | None:
     return x if isinstance(x, torch.Tensor) and x.ndim in (4, 5) else None
 
 
-def _dummy_input(encoder: nn.Module, size: int) -> torch.Tensor:
-    """Zeros shaped like one input of ``encoder``: (1, C, size, size), or (1, C, size, size, size) in 3-D."""
+def _trace_strides(encoder: nn.Module, size: int = 32) -> dict[nn.Module, tuple[int, int]]:
+    """Run one dummy image (or volume) through ``encoder``; return each module's (input, output) stride."""
     first_conv = next(m for m in encoder.modules() if isinstance(m, _CONVS))
     spatial = 2 if isinstance(first_conv, nn.Conv2d) else 3  # an inflated (3-D) encoder takes volumes
     ref = next(encoder.parameters())
-    return torch.zeros(1, first_conv.in_channels, *(size,) * spatial, device=ref.device, dtype=ref.dtype)
-
-
-def _trace_strides(encoder: nn.Module, size: int = 32) -> dict[nn.Module, tuple[int, int]]:
-    """Run one dummy image (or volume) through ``encoder``; return each module's (input, output) stride."""
-    x = _dummy_input(encoder, size)
+    x = torch.zeros(1, first_conv.in_channels, *(size,) * spatial, device=ref.device, dtype=ref.dtype)
     strides: dict[nn.Module, tuple[int, int]] = {}
 
     def record(module: nn.Module, args: Any, output: Any) -> None:
@@ -127,18 +103,15 @@ def _trace_strides(encoder: nn.Module, size: int = 32) -> dict[nn.Module, tuple[
 def encoder_stages(model: nn.Module) -> list[ModuleGroup]:
     """Split an smp model's encoder into its stages, shallow to deep.
 
-    Stage ``k`` holds the layers that compute at 1/2**k of the input resolution, i.e. those that
-    produce the ``k``-th feature map handed to the decoder (smp's ``encoder.out_channels[k]``).
-    smp 0.6 encoders only list their two deepest stages in ``get_stages()`` (it exists to make
-    them dilated), so we find all stages by tracing: one dummy forward pass records every module's
-    input and output stride, and a module that changes resolution at most once belongs to the
-    stage of its output. This works for any smp encoder (ResNet, VGG, timm EfficientNet, ``tu-``),
-    and for its 3-D inflation (``models.inflate``; the dummy is then a volume).
+    Stage ``k`` holds the layers that compute at 1/2**k of the input resolution, those that produce
+    smp's feature map ``k``. smp 0.6 encoders list only their two deepest stages in ``get_stages()``,
+    so the stages are found by tracing: one dummy forward pass records each module's input and output
+    stride, and a module that changes resolution at most once belongs to the stage of its output. This
+    works for any smp encoder (ResNet, VGG, timm EfficientNet, ``tu-``) and its 3-D inflation.
 
-    Parameters that the encoder's forward pass never uses (smp 0.6 keeps ``conv_head``/``bn2`` of
-    ``timm-efficientnet`` encoders) end up in a last group named ``"encoder.unused"``.
-    Only stages that own parameters are returned: ResNet and EfficientNet have stages 1-5; VGG has
-    stages 0-4 (it convolves at full resolution first, and its deepest feature is a bare max-pool).
+    Parameters the forward pass never uses (``conv_head``/``bn2`` of smp 0.6 ``timm-efficientnet``)
+    go to a last group, ``"encoder.unused"``. Only stages that own parameters are returned: ResNet and
+    EfficientNet have stages 1-5; VGG has stages 0-4 (its deepest feature is a bare max-pool).
     """
     encoder = getattr(model, "encoder", None)
     if encoder is None:
@@ -185,9 +158,7 @@ def model_groups(model: nn.Module) -> list[ModuleGroup]:
     return groups
 
 
-# --------------------------------------------------------------------------------------------------
-# Freezing
-# --------------------------------------------------------------------------------------------------
+# --- freezing --------------------------------------------------------------------------------------
 
 
 def _keep_in_eval(module: nn.Module, args: Any) -> None:
@@ -206,9 +177,7 @@ def _reinit_(module: nn.Module) -> None:
             m.reset_parameters()  # BatchNorm: weight 1, bias 0 and fresh running statistics
 
 
-# --------------------------------------------------------------------------------------------------
-# Strategy and plan
-# --------------------------------------------------------------------------------------------------
+# --- strategy and plan -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -245,11 +214,9 @@ class StrategyPlan:
     def param_groups(self, base_lr: float, weight_decay: float = 0.0) -> list[dict[str, Any]]:
         """Optimizer parameter groups: one per model group, split into weights and norm/bias.
 
-        Frozen groups are included too. Their parameters have ``requires_grad=False``, so their
-        ``.grad`` stays ``None`` and every torch optimizer skips them: no update, no weight decay,
-        no optimizer state. Once :meth:`on_epoch_start` unfreezes them they receive gradients and
-        the optimizer (and any LR scheduler) already knows them: nothing has to be rebuilt.
-        Weight decay only applies to weight matrices and kernels (``ndim > 1``), never to the
+        Frozen groups are included: their ``.grad`` stays ``None``, so torch optimizers skip them (no
+        update, no weight decay, no state), and once unfrozen the optimizer and any LR scheduler already
+        know them. Weight decay applies to weight matrices and kernels (``ndim > 1``) only, never to
         biases and normalisation parameters, whose scale carries no capacity to regularise.
         """
         out = []
@@ -261,18 +228,15 @@ class StrategyPlan:
             no_decay = [p for p in g.params.values() if p.ndim <= 1]
             for suffix, params, wd in (("", decay, weight_decay), (".no_decay", no_decay, 0.0)):
                 if params:
-                    out.append(
-                        {"name": g.name + suffix, "params": params, "lr": base_lr * scale,
-                         "lr_scale": scale, "weight_decay": wd}
-                    )
+                    out.append({"name": g.name + suffix, "params": params, "lr": base_lr * scale,
+                                "lr_scale": scale, "weight_decay": wd})
         return out
 
     def on_epoch_start(self, model: nn.Module, epoch: int) -> list[str]:
         """Unfreeze every group scheduled at or before ``epoch`` (so resuming works); return their names.
 
-        ``model`` is accepted for symmetry with :meth:`train_mode`; the plan already holds its parameters.
-        DistributedDataParallel registers the trainable parameters when it is built: re-wrap the model
-        whenever this returns names, or the new gradients are not averaged across processes.
+        ``model`` is only there for symmetry with :meth:`train_mode`. DistributedDataParallel registers
+        the trainable parameters when it is built: re-wrap the model whenever this returns names.
         """
         due = [n for e in sorted(self.schedule) if e <= epoch for n in self.schedule[e]]
         newly = [n for n in due if n in self._hooks]
@@ -313,14 +277,14 @@ class StrategyPlan:
 
 @dataclass(frozen=True)
 class Strategy:
-    """A transfer-learning strategy; see the module docstring for the meaning of each field."""
+    """A transfer-learning strategy: one point of the design space of chapter 7."""
 
     name: str
-    reinit_encoder: bool = False
+    reinit_encoder: bool = False  # throw the pretrained encoder weights away (the scratch baseline)
     frozen_stages: int | None = 0  # shallow encoder stages frozen for the whole run; None = all
-    unfreeze: Mapping[int, int] | None = None  # epoch -> number of deepest stages trainable
-    encoder_lr_scale: float = 1.0
-    lr_decay: float | None = None  # deepest stage x decay, next x decay**2, ...
+    unfreeze: Mapping[int, int] | None = None  # epoch -> number of deepest stages trainable (encoder frozen)
+    encoder_lr_scale: float = 1.0  # learning-rate multiplier of every encoder stage
+    lr_decay: float | None = None  # and of the deepest stage x decay, the next x decay**2, ...
 
     @property
     def needs_encoder(self) -> bool:
@@ -377,19 +341,52 @@ class Strategy:
         return plan
 
 
-# --------------------------------------------------------------------------------------------------
-# Registry
-# --------------------------------------------------------------------------------------------------
-
-STRATEGIES: dict[str, Callable[..., Strategy]] = {}
+# --- registry: the named points of the design space -------------------------------------------------
 
 
-def register_strategy(name: str) -> Callable[[Callable[..., Strategy]], Callable[..., Strategy]]:
-    def decorator(factory: Callable[..., Strategy]) -> Callable[..., Strategy]:
-        STRATEGIES[name] = factory
-        return factory
+def _scratch(**kw: Any) -> Strategy:
+    """Random encoder weights, everything trainable: the no-transfer baseline."""
+    return Strategy("scratch", reinit_encoder=True, **kw)
 
-    return decorator
+
+def _frozen_encoder(**kw: Any) -> Strategy:
+    """Pretrained encoder as a fixed feature extractor; only decoder and head learn."""
+    return Strategy("frozen_encoder", frozen_stages=None, **kw)
+
+
+def _frozen_stages(k: int = 2, **kw: Any) -> Strategy:
+    """Freeze the ``k`` shallowest encoder stages (generic edges and textures), train the rest."""
+    return Strategy("frozen_stages", frozen_stages=k, **kw)
+
+
+def _gradual_unfreezing(every: int = 2, schedule: Mapping[int, int] | None = None, **kw: Any) -> Strategy:
+    """Decoder and head first; then one more encoder stage, deepest first, every ``every`` epochs.
+
+    ``schedule`` overrides ``every`` with an explicit {epoch: number of deepest stages trainable}.
+    """
+    if schedule is None:
+        schedule = {every * i: i for i in range(1, 7)}  # 6 covers every smp encoder (VGG: stages 0-5)
+    return Strategy("gradual_unfreezing", unfreeze=dict(schedule), **kw)
+
+
+def _discriminative_lr(decay: float = 0.5, **kw: Any) -> Strategy:
+    """Layer-wise LR decay: decoder/head at the base LR, each shallower encoder stage ``decay`` x slower."""
+    return Strategy("discriminative_lr", lr_decay=decay, **kw)
+
+
+def _full_finetune(encoder_lr_scale: float = 1.0, **kw: Any) -> Strategy:
+    """Everything trainable; optionally a smaller learning rate for the whole encoder."""
+    return Strategy("full_finetune", encoder_lr_scale=encoder_lr_scale, **kw)
+
+
+STRATEGIES: dict[str, Callable[..., Strategy]] = {
+    "scratch": _scratch,
+    "frozen_encoder": _frozen_encoder,
+    "frozen_stages": _frozen_stages,
+    "gradual_unfreezing": _gradual_unfreezing,
+    "discriminative_lr": _discriminative_lr,
+    "full_finetune": _full_finetune,
+}
 
 
 def list_strategies() -> list[str]:
@@ -405,44 +402,3 @@ def strategy_factory(name: str) -> Callable[..., Strategy]:
 def get_strategy(name: str, **params: Any) -> Strategy:
     """Build a named strategy, e.g. ``get_strategy("frozen_stages", k=2)``. Used in chapters 1, 7, 8 and 9."""
     return strategy_factory(name)(**params)
-
-
-@register_strategy("scratch")
-def _scratch(**kw: Any) -> Strategy:
-    """Random encoder weights, everything trainable: the no-transfer baseline."""
-    return Strategy("scratch", reinit_encoder=True, **kw)
-
-
-@register_strategy("frozen_encoder")
-def _frozen_encoder(**kw: Any) -> Strategy:
-    """Pretrained encoder as a fixed feature extractor; only decoder and head learn."""
-    return Strategy("frozen_encoder", frozen_stages=None, **kw)
-
-
-@register_strategy("frozen_stages")
-def _frozen_stages(k: int = 2, **kw: Any) -> Strategy:
-    """Freeze the ``k`` shallowest encoder stages (generic edges and textures), train the rest."""
-    return Strategy("frozen_stages", frozen_stages=k, **kw)
-
-
-@register_strategy("gradual_unfreezing")
-def _gradual_unfreezing(every: int = 2, schedule: Mapping[int, int] | None = None, **kw: Any) -> Strategy:
-    """Decoder and head first; then one more encoder stage, deepest first, every ``every`` epochs.
-
-    ``schedule`` overrides ``every`` with an explicit {epoch: number of deepest stages trainable}.
-    """
-    if schedule is None:
-        schedule = {every * i: i for i in range(1, 7)}  # 6 covers every smp encoder (VGG: stages 0-5)
-    return Strategy("gradual_unfreezing", unfreeze=dict(schedule), **kw)
-
-
-@register_strategy("discriminative_lr")
-def _discriminative_lr(decay: float = 0.5, **kw: Any) -> Strategy:
-    """Layer-wise LR decay: decoder/head at the base LR, each shallower encoder stage ``decay`` x slower."""
-    return Strategy("discriminative_lr", lr_decay=decay, **kw)
-
-
-@register_strategy("full_finetune")
-def _full_finetune(encoder_lr_scale: float = 1.0, **kw: Any) -> Strategy:
-    """Everything trainable; optionally a smaller learning rate for the whole encoder."""
-    return Strategy("full_finetune", encoder_lr_scale=encoder_lr_scale, **kw)
