@@ -1,18 +1,9 @@
-"""From logits to probabilities and label maps, plus the hidden-layer activations of the chapter.
+"""From logits ``(N, C, *spatial)`` to probabilities and label maps, plus the chapter's hidden activations.
 
-The segmentation head emits **logits** (unbounded scores). Which output activation turns them into
-probabilities depends on the task:
-
-* ``binary`` (one channel) and ``multilabel`` (K independent channels): a **sigmoid per channel**,
-  ``p = 1 / (1 + exp(-x))``; a pixel may be "on" in several channels at once.
-* ``region`` (K - 1 channels, no background channel): a sigmoid per foreground class, as in
-  BraTS-style region training; a pixel is background when no channel is on.
-* ``multiclass`` (K mutually exclusive classes): a **softmax over channels**,
-  ``p_k = exp(x_k) / sum_j exp(x_j)``, so the K probabilities of a pixel sum to 1 and exactly one
-  class wins. Its argmax equals the argmax of the logits (softmax is monotone), so decoding needs
-  no softmax at all.
-
-Shapes follow ``medseg_tutorial.losses``: logits ``(N, C, *spatial)``.
+* ``binary`` (1 channel), ``multilabel`` (K channels) and ``region`` (K - 1 foreground channels, as
+  in BraTS-style region training): a **sigmoid per channel**; a pixel may be on in several channels.
+* ``multiclass`` (K exclusive classes): a **softmax over channels**, so a pixel's probabilities sum
+  to 1. Softmax is monotone, so decoding is the argmax of the logits, with no softmax at all.
 """
 
 from __future__ import annotations
@@ -41,57 +32,19 @@ def _check(logits: Tensor, mode: str) -> None:
         raise ValueError(f"binary mode expects 1 channel, got {logits.shape[1]} (use multiclass or multilabel)")
 
 
-_PROBABILITIES: dict[str, Callable[[Tensor], Tensor]] = {
-    "binary": torch.sigmoid,
-    "multiclass": partial(torch.softmax, dim=1),
-    "multilabel": torch.sigmoid,
-    "region": torch.sigmoid,
-}
-
-
 def probabilities(logits: Tensor, mode: str) -> Tensor:
-    """Per-channel probabilities, same shape as ``logits``: sigmoid (binary, multilabel) or softmax
-    over the channel axis (multiclass).
+    """Per-channel probabilities, shaped like ``logits``: sigmoid, or softmax over channels (multiclass).
 
     Used in chapter 5.
     """
     _check(logits, mode)
-    return _PROBABILITIES[mode](logits)
+    return torch.softmax(logits, dim=1) if mode == "multiclass" else torch.sigmoid(logits)
 
 
 def _logit(threshold: float) -> float:
     """``sigmoid(x) > t`` is ``x > logit(t)``: comparing logits never meets float32 saturation."""
     return float(torch.logit(torch.tensor(threshold, dtype=torch.float64))) if 0 < threshold < 1 else \
         (-math.inf if threshold == 0 else math.inf)
-
-
-def _decode_binary(logits: Tensor, threshold: float) -> Tensor:
-    # (N, 1, ...) -> (N, ...): foreground where sigmoid(x) > threshold
-    return (logits[:, 0] > _logit(threshold)).long()
-
-
-def _decode_multiclass(logits: Tensor, threshold: float) -> Tensor:
-    # argmax softmax(x) == argmax x: no threshold, exactly one class per pixel
-    return logits.argmax(dim=1)
-
-
-def _decode_multilabel(logits: Tensor, threshold: float) -> Tensor:
-    # (N, K, ...) stays (N, K, ...): each channel thresholded on its own
-    return (logits > _logit(threshold)).long()
-
-
-def _decode_region(logits: Tensor, threshold: float) -> Tensor:
-    # (N, K-1, ...) -> (N, ...): the strongest foreground channel that is on, else background 0
-    on = logits > _logit(threshold)
-    return torch.where(on.any(dim=1), logits.argmax(dim=1) + 1, 0)
-
-
-_DECODERS: dict[str, Callable[[Tensor, float], Tensor]] = {
-    "binary": _decode_binary,
-    "multiclass": _decode_multiclass,
-    "multilabel": _decode_multilabel,
-    "region": _decode_region,
-}
 
 
 def decode(logits: Tensor, mode: str, threshold: float = 0.5) -> Tensor:
@@ -102,16 +55,21 @@ def decode(logits: Tensor, mode: str, threshold: float = 0.5) -> Tensor:
     * multilabel: ``(N, K, *S) -> (N, K, *S)``, each channel ``sigmoid(x) > threshold``;
     * region: ``(N, K-1, *S) -> (N, *S)``, background where no channel is on, else the strongest one.
 
-    Thresholds are compared on the logits (``x > logit(threshold)``), never on sigmoid outputs:
-    in float32 ``sigmoid(x)`` is exactly 1.0 for every ``x`` above about 17, so probabilities tie
-    where the logits do not.
-
+    Thresholds are compared on the logits (``x > logit(threshold)``): in float32 ``sigmoid(x)`` is
+    exactly 1.0 for every ``x`` above about 17, so probabilities tie where the logits do not.
     Used in chapters 1 and 5.
     """
     _check(logits, mode)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold is a probability in [0, 1], got {threshold}")
-    return _DECODERS[mode](logits, threshold)
+    if mode == "multiclass":
+        return logits.argmax(dim=1)
+    on = logits > _logit(threshold)
+    if mode == "binary":
+        return on[:, 0].long()
+    if mode == "multilabel":
+        return on.long()
+    return torch.where(on.any(dim=1), logits.argmax(dim=1) + 1, 0)  # region
 
 
 def label_map(logits: Tensor, mode: str) -> Tensor:
@@ -127,10 +85,7 @@ def label_map(logits: Tensor, mode: str) -> Tensor:
     return decode(logits.float(), mode)
 
 
-# --------------------------------------------------------------------------------------------
-# Hidden-layer activations (for the chapter's plot)
-# --------------------------------------------------------------------------------------------
-
+# Hidden-layer activations, for the chapter's plot
 HIDDEN_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,  # max(0, x): cheap, but zero gradient for x < 0 ("dead" units)
     "leaky_relu": partial(F.leaky_relu, negative_slope=0.01),  # small slope keeps x < 0 alive
@@ -149,11 +104,9 @@ class ActivationCurve(NamedTuple):
 
 
 def activation_curves(x: np.ndarray | Tensor | None = None) -> dict[str, ActivationCurve]:
-    """Evaluate every :data:`HIDDEN_ACTIVATIONS` entry and its derivative (by autograd) on ``x``.
+    """Every :data:`HIDDEN_ACTIVATIONS` entry and its derivative (by autograd) on ``x``, as numpy arrays.
 
-    ``x`` defaults to 401 points on ``[-4, 4]``. Returns numpy arrays, ready for matplotlib.
-
-    Used in chapter 5.
+    ``x`` defaults to 401 points on ``[-4, 4]``. Used in chapter 5.
     """
     grid = torch.linspace(-4.0, 4.0, 401) if x is None else torch.as_tensor(x, dtype=torch.float64)
     curves = {}

@@ -1,27 +1,16 @@
 """Use a trained checkpoint: score it per patient, draw overlays, segment new images and volumes.
 
-* :func:`evaluate` scores a checkpoint on a split of its dataset (by default the ``test``
-  patients of the split saved next to the checkpoint): one row per patient and class with Dice,
-  IoU and optionally HD95, plus a summary in ``result.attrs``.
-* :func:`save_overlays` draws image | truth | prediction rows into one PNG.
-* :func:`predict_folder` segments PNG/JPEG/TIFF images, :func:`predict_nifti` a NIfTI volume. Both
-  repeat the training preprocessing stored with the checkpoint (intensity normalisation of the
-  dataset, resizing to the training size) and undo the resizing, with nearest-neighbour sampling
-  for the labels, so the output lies on the input's pixel grid.
-* 3-D and 2.5-D checkpoints (chapter 10) go through the same functions: a 3-D model segments the
-  native volume with MONAI's sliding window (:func:`predict_volume`, window ``data.patch``), a
-  2.5-D one gets each slice with its neighbours as channels (``data.context``).
-
-A checkpoint written by the trainer stands alone: it stores the training config (with the
-normaliser and, for the ``folder`` dataset, every layout option) and the dataset's description, so
-prediction needs neither the dataset registry nor the code that made the dataset, and evaluation
-needs only the data themselves.
+Prediction repeats the training preprocessing stored with the checkpoint (normalisation, resizing)
+and undoes the resizing (nearest-neighbour for labels), so the output lies on the input's grid. A
+checkpoint written by the trainer stores its config and the dataset's description, so prediction
+needs neither the dataset registry nor the code that made the dataset.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,29 +34,23 @@ from .files import atomic_write
 from .metrics import per_patient_scores, summarize_scores
 from .models import load_checkpoint, normalize_input
 
-__all__ = [
-    "Predictor",
-    "evaluate",
-    "predict",
-    "predict_folder",
-    "predict_nifti",
-    "save_overlays",
-]
+__all__ = ["Predictor", "evaluate", "predict", "predict_folder", "predict_nifti", "save_overlays"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
+def _forward(model: nn.Module, x: torch.Tensor, device: torch.device, normalize: Callable | None,
+             amp_dtype: torch.dtype | None, channels_last: bool) -> torch.Tensor:
+    """The model's logits for ``x``, fed as in training (memory format, autocast, input normalisation)."""
+    if channels_last:
+        x = x.contiguous(memory_format=channels_last_format(x.ndim))
+    with autocast(device, amp_dtype):
+        return model(normalize(x) if normalize else x)
+
+
 @torch.no_grad()
-def predict(
-    model: nn.Module,
-    images: np.ndarray,
-    mode: str,
-    device: torch.device,
-    batch_size: int = 16,
-    normalize=None,
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-) -> np.ndarray:
+def predict(model: nn.Module, images: np.ndarray, mode: str, device: torch.device, batch_size: int = 16,
+            normalize=None, amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> np.ndarray:
     """Label maps ``(N, H, W)`` (uint8) for prepared slices ``(N, C, H, W)``; the model is put in eval mode.
 
     The one inference path: validation during training, :func:`evaluate` and :class:`Predictor`
@@ -77,33 +60,21 @@ def predict(
     out = []
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size], dtype=np.float32)).to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=channels_last_format(x.ndim))
-        with autocast(device, amp_dtype):
-            logits = model(normalize(x) if normalize else x)
+        logits = _forward(model, x, device, normalize, amp_dtype, channels_last)
         out.append(label_map(logits, mode).to(torch.uint8).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, *images.shape[2:]), np.uint8)
 
 
 @torch.no_grad()
-def predict_volume(
-    model: nn.Module,
-    image: np.ndarray,
-    mode: str,
-    device: torch.device,
-    roi: Sequence[int],
-    batch_size: int = 4,
-    normalize=None,
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-) -> np.ndarray:
+def predict_volume(model: nn.Module, image: np.ndarray, mode: str, device: torch.device, roi: Sequence[int],
+                   batch_size: int = 4, normalize=None, amp_dtype: torch.dtype | None = None,
+                   channels_last: bool = False) -> np.ndarray:
     """Label volume ``(S, H, W)`` (uint8) of a 3-D model for one normalised volume ``image`` (C, S, H, W).
 
-    MONAI's ``sliding_window_inference`` runs the model on windows of ``roi`` = (D, H, W) (the
-    training patch), ``batch_size`` at a time, overlapping by a quarter, and averages the logits
-    where windows overlap. A volume smaller than the window is first padded like the training
-    patches (channel minimum, :func:`~medseg_tutorial.data.volumes.pad_volume`), and the labels are
-    cut back to the volume's own voxels. The 3-D counterpart of :func:`predict`. Used in chapter 10.
+    MONAI's ``sliding_window_inference`` runs windows of ``roi`` = (D, H, W) (the training patch),
+    overlapping by a quarter, and averages the logits where they overlap. A volume smaller than the
+    window is padded like the training patches (:func:`~medseg_tutorial.data.volumes.pad_volume`),
+    and the labels are cut back to its own voxels. Used in chapter 10.
     """
     from monai.inferers import sliding_window_inference  # MONAI takes seconds to import: only for 3-D
 
@@ -112,18 +83,10 @@ def predict_volume(
     x = torch.from_numpy(np.ascontiguousarray(padded[None], np.float32)).to(device)
 
     def logits_of(window: torch.Tensor) -> torch.Tensor:
-        if channels_last:
-            window = window.contiguous(memory_format=channels_last_format(window.ndim))
-        with autocast(device, amp_dtype):
-            return model(normalize(window) if normalize else window).float()
+        return _forward(model, window, device, normalize, amp_dtype, channels_last).float()
 
     logits = sliding_window_inference(x, tuple(roi), batch_size, logits_of, overlap=0.25)
     return label_map(logits, mode)[0].to(torch.uint8).cpu().numpy()[inner]
-
-
-# ==================================================================================================
-# A checkpoint ready to predict, with the preprocessing it was trained with
-# ==================================================================================================
 
 
 @dataclass
@@ -244,48 +207,24 @@ def restore_size(labels: np.ndarray, hw: tuple[int, int], size: tuple[int, int],
     return labels.astype(np.uint8, copy=False)
 
 
-# ==================================================================================================
-# Scores per patient
-# ==================================================================================================
-
-
-def evaluate(
-    checkpoint: str | os.PathLike,
-    data: Config | SliceTable | None = None,
-    split: str | Sequence[str] = "test",
-    *,
-    device: str = "auto",
-    batch_size: int = 32,
-    slice_spacing: float | None = None,
-    grid: str = "native",
-    hd95: bool = True,
-    root: str | os.PathLike | None = None,
-) -> pd.DataFrame:
+def evaluate(checkpoint: str | os.PathLike, data: Config | SliceTable | None = None,
+             split: str | Sequence[str] = "test", *, device: str = "auto", batch_size: int = 32,
+             slice_spacing: float | None = None, grid: str = "native", hd95: bool = True,
+             root: str | os.PathLike | None = None) -> pd.DataFrame:
     """Score ``checkpoint`` per patient and class on one split.
 
-    ``grid="native"`` (the default, what every results table reports) reads each volume of the
-    split from the raw data, predicts **every** slice and maps the labels back to the volume's own
-    voxels (:meth:`Predictor.__call__`), then computes 3-D Dice and (with ``hd95``) HD95 in mm at the
-    volume's spacing: see :func:`evaluate_volumes`. ``grid="prepared"`` scores the prepared slices of
-    a :class:`SliceTable` instead (the training grid; empty slices dropped by ``keep_empty`` stay
-    dropped): quick, for teaching, never for reporting. A 3-D checkpoint (chapter 10) is scored on
-    the native volumes only: the sliding window predicts each whole volume.
+    ``grid="native"`` (the default, what every results table reports) predicts every slice of each
+    raw volume of the split and scores it on the volume's own voxels: see :func:`evaluate_volumes`.
+    ``grid="prepared"`` scores the prepared slices of a :class:`SliceTable` (the training grid, empty
+    slices dropped by ``keep_empty`` stay dropped): quick, for teaching, never for reporting; not for
+    3-D checkpoints. ``data``: a :class:`Config`, a prepared :class:`SliceTable`, or ``None`` for the
+    config stored in the checkpoint. ``split``: ``"train"``, ``"val"``, ``"test"``, ``"all"`` or a list
+    of patient ids, read from ``split.json`` beside the checkpoint when it exists. ``slice_spacing``
+    (mm between slices, prepared grid): when given, HD95 is computed.
 
-    Args:
-        checkpoint: a ``best.pt`` written by the trainer (or any checkpoint of ``save_checkpoint``).
-        data: a :class:`Config` (its dataset is prepared as for training), a prepared
-            :class:`SliceTable`, or ``None`` for the config stored in the checkpoint.
-        split: ``"train"``, ``"val"``, ``"test"``, ``"all"``, or a list of patient ids. The split
-            is read from ``split.json`` beside the checkpoint when it exists, so the test patients are
-            exactly those held out in training; otherwise it is recomputed from the config.
-        slice_spacing: millimetres between slices; when given, HD95 is computed (on 3-D volumes).
-
-    Returns:
-        One row per patient x foreground class: ``patient_id, class, class_name, dice, iou, [hd95],
-        tp, fp, fn``. ``result.attrs["summary"]`` holds :func:`summarize_scores` (mean and std per
-        class) and ``result.attrs["mean_dice"]`` the mean foreground Dice.
-
-    Used in chapter 8.
+    Returns one row per patient x foreground class: ``patient_id, class, class_name, dice, iou,
+    [hd95], tp, fp, fn``, with :func:`summarize_scores` in ``attrs["summary"]`` and the mean
+    foreground Dice in ``attrs["mean_dice"]``. Used in chapter 8.
     """
     if grid == "native":
         if isinstance(data, SliceTable):
@@ -320,28 +259,15 @@ def evaluate(
     return scores
 
 
-def evaluate_volumes(
-    checkpoint: str | os.PathLike,
-    cfg: Config | None = None,
-    split: str | Sequence[str] = "test",
-    *,
-    device: str = "auto",
-    batch_size: int = 32,
-    hd95: bool = True,
-    root: str | os.PathLike | None = None,
-) -> pd.DataFrame:
+def evaluate_volumes(checkpoint: str | os.PathLike, cfg: Config | None = None,
+                     split: str | Sequence[str] = "test", *, device: str = "auto", batch_size: int = 32,
+                     hd95: bool = True, root: str | os.PathLike | None = None) -> pd.DataFrame:
     """Score ``checkpoint`` on the split's volumes: all slices, native grid, 3-D metrics in mm.
 
-    Each volume (a :class:`Case`: one patient, or one patient's phase such as ACDC's ED and ES) is
-    read from the raw data, every slice is predicted and mapped back to the volume's voxels, and
-    Dice, IoU and HD95 (mm, at the volume's own spacing) are computed on the 3-D volume, as MONAI
-    and nnU-Net report them. Nothing the training preparation drops (``keep_empty``) or resizes
-    touches these scores.
-
-    Returns one row per volume x foreground class: ``patient_id, volume, class, class_name, dice,
-    iou, [hd95], tp, fp, fn, slices, voxels``. ``attrs["summary"]`` averages a patient's volumes first,
-    then summarises over patients (:func:`summarize_scores`); ``attrs["mean_dice"]`` is its mean
-    foreground Dice; ``attrs["eval_slices"] == "all"`` and ``attrs["eval_grid"] == "native"``.
+    Each volume (a :class:`Case`: a patient, or a patient's phase such as ACDC's ED and ES) is
+    predicted whole and scored in 3-D at its own spacing, as MONAI and nnU-Net report them. Returns
+    one row per volume x foreground class (``patient_id, volume, class, class_name, dice, iou,
+    [hd95], tp, fp, fn, slices, voxels``); ``attrs`` as :func:`per_patient_summary` sets them.
     """
     predictor = Predictor.load(checkpoint, device)
     if cfg is None:
@@ -387,7 +313,7 @@ def per_patient_summary(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
 
     ``attrs["per_patient"]``: one row per patient and class; ``attrs["summary"]``: its
     :func:`summarize_scores`; ``attrs["mean_dice"]``: the mean foreground Dice over patients.
-    Evaluation and the validation of 3-D runs score this way. Used in chapter 10.
+    Used in chapter 10.
     """
     scores = pd.concat(frames, ignore_index=True)
     metric_cols = [c for c in ("dice", "iou", "hd95") if c in scores]
@@ -404,7 +330,9 @@ def _split_patients(
     if not isinstance(split, str):
         return [str(p) for p in split]
     if split == "all":
-        return table.patients if table is not None else _all_patients(cfg, predictor)
+        if table is None:
+            table = _training_table(cfg if cfg is not None else stored_config(predictor))
+        return table.patients
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val, test, all or a list of patient ids, got {split!r}")
     saved = Path(checkpoint).parent / "split.json"
@@ -420,45 +348,28 @@ def _split_patients(
     return list(getattr(patient_split(table.patient_ids, fractions, seed=seed), split))
 
 
-def _all_patients(cfg: Config | None, predictor: Predictor) -> list[str]:
-    return _training_table(cfg if cfg is not None else stored_config(predictor)).patients
-
-
 def _training_table(cfg: Config) -> SliceTable | VolumeTable:
     """What ``cfg`` trains on: prepared slices, or (3-D) the native volumes."""
     return cfg.data.volumes() if cfg.model.dims == 3 else cfg.data.prepare()
 
 
 def stored_config(predictor: Predictor) -> Config:
-    """The training config stored in the checkpoint, resolved; ``data.rebuild`` is dropped, since a
-    run's data are prepared once, not again at every evaluation."""
+    """The checkpoint's training config, resolved, with ``data.rebuild`` off (data are prepared once)."""
     cfg = Config.from_dict(predictor.config)
     cfg.data.rebuild = False
     return cfg
 
 
-# ==================================================================================================
-# Overlays
-# ==================================================================================================
-
 _COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"]
 
 
-def save_overlays(
-    images: np.ndarray,
-    masks: np.ndarray,
-    preds: np.ndarray,
-    path: str | os.PathLike,
-    n: int = 8,
-    channel: int = 0,
-    class_names: Sequence[str] | None = None,
-    title: str | None = None,
-) -> Path:
+def save_overlays(images: np.ndarray, masks: np.ndarray, preds: np.ndarray, path: str | os.PathLike,
+                  n: int = 8, channel: int = 0, class_names: Sequence[str] | None = None,
+                  title: str | None = None) -> Path:
     """Save ``n`` rows of image | truth | prediction as one PNG; returns the path.
 
-    ``images`` (N, C, H, W) or (N, H, W); ``masks`` and ``preds`` (N, H, W) label maps. Rows are
-    spread evenly over the slices that show any foreground in truth or prediction (the informative
-    ones), topped up with empty slices when there are fewer than ``n``.
+    ``images`` (N, C, H, W) or (N, H, W). Rows are spread evenly over the slices that show any
+    foreground in truth or prediction, topped up with empty slices when there are fewer than ``n``.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import ListedColormap
@@ -510,11 +421,6 @@ def _pick_slices(masks: np.ndarray, preds: np.ndarray, n: int) -> list[int]:
     return shown.tolist()
 
 
-# ==================================================================================================
-# New images and volumes
-# ==================================================================================================
-
-
 def _read_image(path: Path) -> np.ndarray:
     """A 2-D image file as float32 (1, C, H, W); an unreadable file is a DataError naming it."""
     try:
@@ -542,25 +448,15 @@ def _read_image(path: Path) -> np.ndarray:
     return np.ascontiguousarray(array.transpose(2, 0, 1)[None])
 
 
-def predict_folder(
-    checkpoint: str | os.PathLike,
-    folder: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    device: str = "auto",
-    exclude: str | None = None,
-    batch_size: int = 32,
-) -> list[Path]:
+def predict_folder(checkpoint: str | os.PathLike, folder: str | os.PathLike, out_dir: str | os.PathLike, *,
+                   device: str = "auto", exclude: str | None = None, batch_size: int = 32) -> list[Path]:
     """Segment every PNG/JPEG/TIFF in ``folder``; write ``out_dir/<name>.png`` label maps (uint8).
 
-    Files whose stem ends with ``exclude`` (masks stored beside their images), or with ``exclude``
-    and ``_N`` (one mask per object), are skipped; ``None`` means the mask suffix the model's
-    ``folder`` dataset used, else ``_mask``. Each image is normalised with its dataset's method on
-    its own: for MRI z-scoring that is per slice, whereas training z-scored whole volumes, so expect
-    slightly different intensities.
+    Files whose stem ends with ``exclude`` (masks beside their images), optionally plus ``_N`` (one
+    mask per object), are skipped; ``None`` means the mask suffix of the model's ``folder`` dataset,
+    else ``_mask``. Each image is normalised on its own: MRI z-scoring is then per slice, not per
+    volume as in training, so expect slightly different intensities.
     """
-    import re
-
     folder, out_dir = Path(folder), Path(out_dir)
     predictor = Predictor.load(checkpoint, device)
     if exclude is None:
@@ -590,14 +486,8 @@ def predict_folder(
     return written
 
 
-def predict_nifti(
-    checkpoint: str | os.PathLike,
-    in_path: str | os.PathLike,
-    out_path: str | os.PathLike,
-    *,
-    device: str = "auto",
-    batch_size: int = 32,
-) -> Path:
+def predict_nifti(checkpoint: str | os.PathLike, in_path: str | os.PathLike, out_path: str | os.PathLike, *,
+                  device: str = "auto", batch_size: int = 32) -> Path:
     """Segment a NIfTI volume slice by slice (along its last axis); write a uint8 label volume.
 
     The output has the input's shape (x, y, z) and affine, so viewers overlay it on the input.

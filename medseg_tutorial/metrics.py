@@ -1,10 +1,6 @@
-"""Evaluation metrics on integer label maps: Dice, IoU and HD95 per class, per image, per patient.
+"""Evaluation metrics on integer label maps (numpy or torch): Dice, IoU and HD95 per class, image, patient.
 
-Inputs are label maps (value = class index, e.g. the output of ``activations.decode`` in
-multiclass mode) given as numpy arrays or torch tensors; torch tensors are moved to the CPU and
-everything is computed and returned in numpy. For a binary task use ``num_classes=2``.
-
-Confusion counts for class ``c`` (one image or one volume)::
+Results are numpy. For a binary task use ``num_classes=2``. Confusion counts for class ``c``::
 
     TP = pixels predicted c that are truly c
     FP = pixels predicted c that are truly something else   (over-segmentation)
@@ -13,16 +9,13 @@ Confusion counts for class ``c`` (one image or one volume)::
 
     Dice = 2 TP / (2 TP + FP + FN)        IoU = TP / (TP + FP + FN)        Dice = 2 IoU / (1 + IoU)
 
-**Empty policy.** When a class is absent from both truth and prediction, Dice and IoU are 0/0. We
-return ``empty_score`` (NaN by default: the case says nothing about segmentation quality and is
-left out of ``nanmean`` and of :func:`summarize_scores`; ``empty_score=1.0`` counts it as perfect,
-as ``smp.metrics`` does with ``zero_division=1``). When the class is absent from the truth but
-predicted, TP = 0 and FP > 0, so the score is 0: a false alarm is a failure.
+**Empty policy.** A class absent from both truth and prediction gives 0/0: ``empty_score`` (NaN by
+default, left out of means; ``1.0`` counts it as perfect, like ``smp.metrics`` with
+``zero_division=1``). A class predicted but absent from the truth scores 0: a false alarm is a failure.
 
-**Per patient, not per slice.** Clinical papers report one score per patient (volume). Pooling a
-patient's slices before computing Dice is *not* the mean of slice Dices: a tiny missed structure on
-one slice gives that slice Dice 0 and drags a slice mean down, while it barely changes the volume
-Dice. :func:`per_patient_scores` stacks slices into volumes first.
+**Per patient, not per slice.** Dice of a patient's pooled slices is not the mean of slice Dices: a
+tiny miss on one slice gives that slice Dice 0 but barely changes the volume Dice.
+:func:`per_patient_scores` stacks slices into volumes first, as clinical papers report.
 """
 
 from __future__ import annotations
@@ -36,16 +29,8 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
-__all__ = [
-    "confusion_counts",
-    "dice_from_counts",
-    "dice_per_class",
-    "hd95",
-    "iou_from_counts",
-    "per_image_scores",
-    "per_patient_scores",
-    "summarize_scores",
-]
+__all__ = ["confusion_counts", "dice_from_counts", "dice_per_class", "hd95", "iou_from_counts",
+           "per_image_scores", "per_patient_scores", "summarize_scores"]
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -54,11 +39,6 @@ def _to_numpy(x: ArrayLike | Sequence) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     return np.asarray(x)
-
-
-# --------------------------------------------------------------------------------------------
-# Confusion counts
-# --------------------------------------------------------------------------------------------
 
 
 class Counts(NamedTuple):
@@ -97,9 +77,8 @@ def _counts_from_matrix(cm: np.ndarray) -> Counts:
     return Counts(tp.copy(), fp, fn, tn)
 
 
-def confusion_matrix(
-    pred: ArrayLike, target: ArrayLike, num_classes: int, ignore_index: int | None = None
-) -> np.ndarray:
+def confusion_matrix(pred: ArrayLike, target: ArrayLike, num_classes: int,
+                     ignore_index: int | None = None) -> np.ndarray:
     """``(K, K)`` matrix, ``cm[i, j]`` = number of pixels of true class ``i`` predicted as ``j``."""
     p, t, keep = _labels(pred, target, num_classes, ignore_index)
     # Encode each (truth, prediction) pair as one integer and count them all at once.
@@ -107,20 +86,17 @@ def confusion_matrix(
     return np.bincount(pairs, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
-def confusion_counts(
-    pred: ArrayLike, target: ArrayLike, num_classes: int, ignore_index: int | None = None
-) -> Counts:
-    """``(tp, fp, fn, tn)``, each of shape ``(num_classes,)``, over all pixels of ``pred``/``target``
-    (any shape: one slice, a volume, or a whole batch pooled).
+def confusion_counts(pred: ArrayLike, target: ArrayLike, num_classes: int,
+                     ignore_index: int | None = None) -> Counts:
+    """``(tp, fp, fn, tn)``, each ``(num_classes,)``, over all pixels: a slice, a volume or a batch.
 
     Used in chapter 4.
     """
     return _counts_from_matrix(confusion_matrix(pred, target, num_classes, ignore_index))
 
 
-def confusion_counts_per_image(
-    preds: ArrayLike, targets: ArrayLike, num_classes: int, ignore_index: int | None = None
-) -> Counts:
+def confusion_counts_per_image(preds: ArrayLike, targets: ArrayLike, num_classes: int,
+                               ignore_index: int | None = None) -> Counts:
     """Counts for each image of a batch ``(N, *spatial)``; each array has shape ``(N, num_classes)``."""
     p, t, keep = _labels(preds, targets, num_classes, ignore_index)
     n, k = p.shape[0], num_classes
@@ -138,7 +114,7 @@ def _safe_ratio(num: np.ndarray, den: np.ndarray, empty_score: float) -> np.ndar
 
 
 def dice_from_counts(tp, fp, fn, empty_score: float = math.nan) -> np.ndarray:
-    """``2TP / (2TP + FP + FN)``; ``empty_score`` where the class is in neither truth nor prediction.
+    """``2TP / (2TP + FP + FN)``; ``empty_score`` where truth and prediction both lack the class.
 
     Used in chapter 4.
     """
@@ -147,7 +123,7 @@ def dice_from_counts(tp, fp, fn, empty_score: float = math.nan) -> np.ndarray:
 
 
 def iou_from_counts(tp, fp, fn, empty_score: float = math.nan) -> np.ndarray:
-    """``TP / (TP + FP + FN)``; ``empty_score`` where the class is in neither truth nor prediction.
+    """``TP / (TP + FP + FN)``; ``empty_score`` where truth and prediction both lack the class.
 
     Used in chapter 4.
     """
@@ -155,33 +131,18 @@ def iou_from_counts(tp, fp, fn, empty_score: float = math.nan) -> np.ndarray:
     return _safe_ratio(tp, tp + np.asarray(fp) + np.asarray(fn), empty_score)
 
 
-def dice_per_class(
-    pred: ArrayLike,
-    target: ArrayLike,
-    num_classes: int,
-    empty_score: float = math.nan,
-    ignore_index: int | None = None,
-) -> np.ndarray:
+def dice_per_class(pred: ArrayLike, target: ArrayLike, num_classes: int, empty_score: float = math.nan,
+                   ignore_index: int | None = None) -> np.ndarray:
     """Dice of every class (background included, index = label) for one image or volume. Used in chapters 3 and 4."""
     tp, fp, fn, _ = confusion_counts(pred, target, num_classes, ignore_index)
     return dice_from_counts(tp, fp, fn, empty_score)
 
 
-def iou_per_class(
-    pred: ArrayLike,
-    target: ArrayLike,
-    num_classes: int,
-    empty_score: float = math.nan,
-    ignore_index: int | None = None,
-) -> np.ndarray:
+def iou_per_class(pred: ArrayLike, target: ArrayLike, num_classes: int, empty_score: float = math.nan,
+                  ignore_index: int | None = None) -> np.ndarray:
     """IoU (Jaccard) of every class for one image or volume; see :func:`dice_per_class`."""
     tp, fp, fn, _ = confusion_counts(pred, target, num_classes, ignore_index)
     return iou_from_counts(tp, fp, fn, empty_score)
-
-
-# --------------------------------------------------------------------------------------------
-# Surface distances and HD95
-# --------------------------------------------------------------------------------------------
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
@@ -209,23 +170,14 @@ def surface_distances(a: ArrayLike, b: ArrayLike, spacing: Sequence[float] | Non
     return dist_to_b[_surface(a)]
 
 
-def hausdorff_distance(
-    pred_mask: ArrayLike,
-    true_mask: ArrayLike,
-    spacing: Sequence[float] | None = None,
-    percentile: float = 100.0,
-    one_empty: float = math.inf,
-) -> float:
+def hausdorff_distance(pred_mask: ArrayLike, true_mask: ArrayLike, spacing: Sequence[float] | None = None,
+                       percentile: float = 100.0, one_empty: float = math.inf) -> float:
     """Percentile of the symmetric surface distances between two binary masks (2-D or 3-D).
 
-    The distances from prediction surface to truth surface and from truth surface to prediction
-    surface are pooled, and their ``percentile`` is returned (100 = classical Hausdorff distance;
-    95 = HD95, as in MedPy's ``hd95``; MONAI instead takes the larger of the two directed
-    percentiles, which can be slightly larger).
-
-    Edge cases: both masks empty -> ``0.0`` (nothing to miss); exactly one empty -> ``one_empty``
-    (``inf`` by default: the distance to an empty set is undefined; pass ``math.nan`` to drop such
-    cases from means instead).
+    Both directions' distances are pooled (100 = Hausdorff distance; 95 = HD95 as in MedPy's
+    ``hd95``; MONAI takes the larger of the two directed percentiles, which can be slightly larger).
+    Both masks empty -> ``0.0``; exactly one empty -> ``one_empty`` (``inf``: the distance to an empty
+    set is undefined; ``math.nan`` drops such cases from means).
     """
     pred, true = _to_numpy(pred_mask).astype(bool), _to_numpy(true_mask).astype(bool)
     if pred.shape != true.shape:
@@ -244,24 +196,13 @@ def hausdorff_distance(
     return float(np.percentile(distances, percentile))
 
 
-def hd95(
-    pred_mask: ArrayLike,
-    true_mask: ArrayLike,
-    spacing: Sequence[float] | None = None,
-    one_empty: float = math.inf,
-) -> float:
-    """95th percentile Hausdorff distance in mm; see :func:`hausdorff_distance` for the definition
-    and the empty-mask policy. ``spacing`` is ``(row, col)`` in 2-D, ``(slice, row, col)`` in 3-D
-    (default: 1 per axis, i.e. voxel units).
+def hd95(pred_mask: ArrayLike, true_mask: ArrayLike, spacing: Sequence[float] | None = None,
+         one_empty: float = math.inf) -> float:
+    """95th percentile Hausdorff distance (:func:`hausdorff_distance`) in mm, or voxels without ``spacing``.
 
-    Used in chapter 4.
+    ``spacing`` is ``(row, col)`` in 2-D, ``(slice, row, col)`` in 3-D. Used in chapter 4.
     """
     return hausdorff_distance(pred_mask, true_mask, spacing, percentile=95.0, one_empty=one_empty)
-
-
-# --------------------------------------------------------------------------------------------
-# Tables: per image, per patient, summaries
-# --------------------------------------------------------------------------------------------
 
 
 def _class_columns(classes: np.ndarray, class_names: Sequence[str] | None) -> dict:
@@ -271,19 +212,10 @@ def _class_columns(classes: np.ndarray, class_names: Sequence[str] | None) -> di
     return cols
 
 
-def per_image_scores(
-    preds: ArrayLike,
-    targets: ArrayLike,
-    num_classes: int,
-    include_background: bool = False,
-    empty_score: float = math.nan,
-    class_names: Sequence[str] | None = None,
-) -> pd.DataFrame:
-    """Dice and IoU of each image ``(N, *spatial)`` and class: one row per image x class.
-
-    Columns: ``image, class, [class_name], dice, iou, tp, fp, fn``.
-
-    Used in chapter 4.
+def per_image_scores(preds: ArrayLike, targets: ArrayLike, num_classes: int, include_background: bool = False,
+                     empty_score: float = math.nan, class_names: Sequence[str] | None = None) -> pd.DataFrame:
+    """Dice and IoU of each image ``(N, *spatial)`` and class: columns ``image, class, [class_name], dice,
+    iou, tp, fp, fn``. Used in chapter 4.
     """
     tp, fp, fn, _ = confusion_counts_per_image(preds, targets, num_classes)
     classes = np.arange(0 if include_background else 1, num_classes)
@@ -300,9 +232,8 @@ def per_image_scores(
     })
 
 
-def _volume_spacing(
-    spacing: ArrayLike | Sequence[float], rows: np.ndarray, slice_spacing: float | None
-) -> tuple[float, float, float]:
+def _volume_spacing(spacing: ArrayLike | Sequence[float], rows: np.ndarray,
+                    slice_spacing: float | None) -> tuple[float, float, float]:
     """(slice, row, col) spacing of one patient from a global or per-slice spacing."""
     arr = np.asarray(_to_numpy(spacing), dtype=np.float64)
     values = arr[rows[0]] if arr.ndim == 2 else arr  # per-slice table: use the patient's first slice
@@ -310,42 +241,28 @@ def _volume_spacing(
         return tuple(values.tolist())
     if values.shape == (2,):
         if slice_spacing is None:
-            raise ValueError(
-                "spacing gives only (row, col); pass slice_spacing (mm between slices) for the 3-D HD95"
-            )
+            raise ValueError("spacing gives only (row, col); pass slice_spacing (mm between slices) "
+                             "for the 3-D HD95")
         return (float(slice_spacing), *values.tolist())
     raise ValueError(f"spacing must be (slice, row, col), (row, col) or one such row per slice, got {arr.shape}")
 
 
-def per_patient_scores(
-    preds: ArrayLike,
-    targets: ArrayLike,
-    patient_ids: Sequence[str] | np.ndarray,
-    num_classes: int,
-    spacing: ArrayLike | Sequence[float] | None = None,
-    slice_index: Sequence[int] | np.ndarray | None = None,
-    include_background: bool = False,
-    class_names: Sequence[str] | None = None,
-    empty_score: float = math.nan,
-    slice_spacing: float | None = None,
-    one_empty: float = math.inf,
-) -> pd.DataFrame:
+def per_patient_scores(preds: ArrayLike, targets: ArrayLike, patient_ids: Sequence[str] | np.ndarray,
+                       num_classes: int, spacing: ArrayLike | Sequence[float] | None = None,
+                       slice_index: Sequence[int] | np.ndarray | None = None,
+                       include_background: bool = False, class_names: Sequence[str] | None = None,
+                       empty_score: float = math.nan, slice_spacing: float | None = None,
+                       one_empty: float = math.inf) -> pd.DataFrame:
     """Dice, IoU and (if ``spacing`` is given) HD95 per patient and class.
 
-    Each patient's slices ``preds[i], targets[i]`` (``(N, H, W)`` label maps) are sorted by
-    ``slice_index`` (default: their order in the arrays) and stacked into a ``(S, H, W)`` volume;
-    the metrics are computed on that volume. Dice and IoU do not depend on the slice order, HD95
-    does: missing slices (e.g. dropped empty ones) are stacked as if contiguous.
+    Each patient's slices (``(N, H, W)`` label maps) are sorted by ``slice_index`` (default: array
+    order) and stacked into a volume the metrics are computed on. HD95 depends on that order: missing
+    slices (e.g. dropped empty ones) are stacked as if contiguous. ``spacing`` in mm: ``(slice, row,
+    col)``, ``(N, 3)`` per slice, or in-plane (``(row, col)``, ``(N, 2)`` as ``SliceTable.spacing``)
+    with ``slice_spacing``; ``None`` skips HD95 (the slowest part).
 
-    ``spacing`` in mm: ``(slice, row, col)`` for all patients, an ``(N, 3)`` per-slice array, or
-    in-plane only (``(row, col)`` or ``(N, 2)`` as in ``SliceTable.spacing``) together with
-    ``slice_spacing``. ``None`` skips HD95 (the slowest part).
-
-    Returns one row per patient x class (background only if ``include_background``), patients in
-    order of first appearance. Columns: ``patient_id, class, [class_name], dice, iou, [hd95],
-    tp, fp, fn``.
-
-    Used in chapters 4, 5 and 8.
+    Returns one row per patient x class, patients in order of first appearance: ``patient_id, class,
+    [class_name], dice, iou, [hd95], tp, fp, fn``. Used in chapters 4, 5 and 8.
     """
     p, t = _to_numpy(preds), _to_numpy(targets)
     ids = np.asarray(_to_numpy(patient_ids)).astype(str)
@@ -378,11 +295,9 @@ def per_patient_scores(
 def summarize_scores(df: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard deviation of each metric per class, plus a final ``"mean"`` row.
 
-    NaN scores (class absent from truth and prediction) are skipped; ``n`` counts the defined Dice
-    values. The last row averages the per-class means (macro average): its ``dice_mean`` is the
-    overall mean Dice, also stored in ``result.attrs["mean_dice"]``. An ``inf`` HD95 (one mask
-    empty) makes that class's ``hd95_mean`` infinite, on purpose: it is a failure to report.
-
+    NaN scores are skipped; ``n`` counts the defined Dice values. The last row averages the per-class
+    means (macro average); its ``dice_mean`` is also ``result.attrs["mean_dice"]``. An ``inf`` HD95
+    makes that class's ``hd95_mean`` infinite, on purpose: it is a failure to report.
     Used in chapters 4 and 8.
     """
     metrics = [m for m in ("dice", "iou", "hd95") if m in df.columns]

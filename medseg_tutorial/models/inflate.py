@@ -1,30 +1,21 @@
 """From slices to volumes: turn the book's 2-D ImageNet network into a 3-D one (chapter 10).
 
-``inflate(model, mode)`` deep-copies a 2-D network and replaces its 2-D layers by 3-D ones that
-start from the 2-D weights; the 2-D model is left untouched. Two recipes:
+``inflate(model, mode)`` returns a 3-D copy whose layers start from the 2-D weights. Two recipes:
 
 * ``"i3d"`` (Carreira & Zisserman, "Quo Vadis, Action Recognition? A New Model and the Kinetics
-  Dataset", CVPR 2017): a k x k kernel becomes k x k x k (or ``depth`` x k x k), the 2-D kernel
-  repeated over depth and divided by the depth. On a volume whose slices are all equal, every
-  layer then answers exactly what the 2-D layer answers on one slice (away from the depth borders,
-  where zero padding enters), so the ImageNet features and the BatchNorm statistics stay valid.
-  Kernels grow by a factor k: more parameters and k times the multiply-adds.
-* ``"acs"`` (Yang et al., "Reinventing 2D Convolutions for 3D Images", IEEE JBHI 2021): each conv keeps its 2-D kernels and
-  applies a third of its output channels in each of the axial, coronal and sagittal planes
-  (``ACSConv``). Exactly as many parameters as the 2-D model; its state dict even loads as it is.
+  Dataset", CVPR 2017): the k x k kernel repeated over depth and divided by the depth. On a volume
+  of equal slices every layer answers what the 2-D layer answers on one slice (away from the depth
+  borders), so ImageNet features and BatchNorm statistics stay valid; k times the multiply-adds.
+* ``"acs"`` (Yang et al., "Reinventing 2D Convolutions for 3D Images", IEEE JBHI 2021): each conv
+  keeps its 2-D kernels and applies a third of its outputs in each of the axial, coronal and
+  sagittal planes (``ACSConv``): exactly the 2-D model's parameters.
 
-Strides, padding and dilation are tripled: the depth stride equals the in-plane stride, so the
-3-D network downsamples depth as much as height and width (EfficientNet: 32x; a 32-slice input
-is one slice deep at the bottom). Any depth runs, because the decoder upsamples to each skip's
-size, but a multiple of 32 keeps every stage an exact halving.
-
-Only layers are converted, not code: a module whose ``forward`` does 2-D arithmetic itself cannot
-be seen from outside. smp's ``UnetDecoder.forward`` is such a case (it unpacks ``height, width``)
-and gets a 3-D forward (``UnetDecoder3d``); timm's ``SqueezeExcite`` (``x.mean((2, 3))``) is
-refused. Our acsconv-inspired converter differs from acsconv 0.1.1 in that it knows timm's
-``Conv2dSame`` ("same" padding computed in ``forward``) and ``BatchNormAct2d`` (asserts 4-D input).
+Strides, padding and dilation are tripled, so depth is downsampled like height and width (32x for
+EfficientNet): any depth runs, a multiple of 32 keeps every stage an exact halving. Only layers are
+converted, not code: smp's ``UnetDecoder.forward`` (it unpacks ``height, width``) gets a 3-D forward
+(``UnetDecoder3d``); timm's ``SqueezeExcite`` (``x.mean((2, 3))``) is refused. Unlike acsconv 0.1.1
+this converter knows timm's ``Conv2dSame`` and ``BatchNormAct2d``.
 """
-
 from __future__ import annotations
 
 import copy
@@ -51,15 +42,9 @@ class InflateError(MedsegError, TypeError):
     """A layer has no 3-D counterpart here; the message names the layer and its class."""
 
 
-# --- "same" padding in three axes ----------------------------------------------------------------
-
-
 def pad_same_3d(x: torch.Tensor, kernel: Sequence[int], stride: Sequence[int],
                 dilation: Sequence[int]) -> torch.Tensor:
-    """Zero-pad a (N, C, D, H, W) tensor as TensorFlow's "same" does: output size ceil(size / stride).
-
-    timm's ``pad_same`` for three axes; the extra pixel of an odd total goes after, as in TF.
-    """
+    """Zero-pad (N, C, D, H, W) as TensorFlow's "same" (timm's ``pad_same``): output ceil(size / stride)."""
     pads: list[int] = []
     for size, k, s, d in zip(x.shape[-3:], kernel, stride, dilation):
         total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
@@ -82,8 +67,7 @@ class Conv3dSame(nn.Conv3d):
 class BatchNormAct3d(nn.BatchNorm3d):
     """BatchNorm3d, then dropout and activation: timm's ``BatchNormAct2d`` for volumes.
 
-    It inherits from BatchNorm3d, as timm's inherits from BatchNorm2d, so that the parameter
-    names (``weight``, ``running_mean``, ...) stay those of the 2-D model. Used in chapter 10.
+    A BatchNorm3d subclass, so the parameter names stay those of the 2-D model. Used in chapter 10.
     """
 
     def __init__(self, num_features: int, act: nn.Module | None = None, drop: nn.Module | None = None,
@@ -96,24 +80,14 @@ class BatchNormAct3d(nn.BatchNorm3d):
         return self.act(self.drop(super().forward(x)))
 
 
-# --- ACS convolution ----------------------------------------------------------------------------
-
-
 class ACSConv(nn.Module):
     """A 2-D conv applied in three planes (Yang et al., IEEE JBHI 2021). Used in chapter 10.
 
-    The output channels are split in three (the extra ones go to the first planes): the first
-    part sees each axial slice (kernel 1 x k x k), the second each coronal one (k x 1 x k), the
-    third each sagittal one (k x k x 1); the parts are concatenated in channel order, so channel
-    j keeps its 2-D kernel and the BatchNorm after it its statistics (exact for the axial third;
-    for the others as far as the images look alike in every plane, i.e. near-isotropic voxels).
-    The weight is the 2-D weight, (out, in / groups, k, k): no parameter is added.
-
-    Grouped convs split whole groups instead of output channels, because a group's outputs
-    must see that group's inputs: a depthwise conv (groups == channels, EfficientNet) sends the
-    first third of its channels, inputs and outputs alike, through the axial plane, and so on. A
-    conv with 2 groups thus uses two planes only. A 1 x 1 conv is the same in every plane and
-    runs once, as a 1 x 1 x 1 conv.
+    The output channels are split in three (extra ones to the first planes): axial (kernel
+    1 x k x k), coronal (k x 1 x k) and sagittal (k x k x 1), concatenated in channel order, so
+    channel j keeps its 2-D kernel and the next BatchNorm its statistics. The weight is the 2-D
+    weight: no parameter is added. Grouped convs split whole groups, as a group's outputs must see
+    its inputs (a 2-group conv uses two planes). A 1 x 1 conv runs once, as a 1 x 1 x 1 conv.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
@@ -174,9 +148,6 @@ def _acs_planes(in_channels: int, out_channels: int, groups: int, k: int) -> lis
             planes.append((axis, slice(start * out_per, (start + n) * out_per), inputs, 1 if groups == 1 else n))
         start += n
     return planes
-
-
-# --- one converter per 2-D layer ------------------------------------------------------------------
 
 
 def _i3d_conv(conv: nn.Conv2d, depth: int | None) -> nn.Conv3d:
@@ -249,9 +220,6 @@ _CONVS = (nn.Conv2d, Conv2dSame, Conv2dSameExport)  # exact types: a subclass ma
 _FORWARD_IS_2D = (SqueezeExcite, nn.PixelShuffle, nn.PixelUnshuffle, nn.Fold, nn.Unfold)
 
 
-# --- smp's Unet decoder -----------------------------------------------------------------------------
-
-
 class UnetDecoder3d(UnetDecoder):
     """smp's ``UnetDecoder`` with a forward for (N, C, D, H, W) features. Used in chapter 10.
 
@@ -272,18 +240,13 @@ class UnetDecoder3d(UnetDecoder):
         return x
 
 
-# --- the tree walk ----------------------------------------------------------------------------------
-
-
 def inflate(model: nn.Module, mode: str = "i3d", depth: int | None = None) -> nn.Module:
     """A 3-D copy of the 2-D ``model`` initialised from its weights; ``model`` is not changed.
 
-    ``mode="i3d"`` inflates every k x k kernel to k x k x k (``depth`` x k x k when given; 1
-    keeps the kernels in-plane, a per-slice 2-D network whose depth stride still skips slices);
-    ``mode="acs"`` turns every conv into an ``ACSConv``. The copy takes (N, C, D, H, W) input,
-    keeps train/eval mode and ``requires_grad`` per parameter, and records
-    ``medseg_inflation = {"mode", "depth"}``. Raises ``InflateError`` naming any 2-D layer it
-    cannot convert. Used in chapter 10.
+    ``mode="i3d"`` inflates every k x k kernel to k x k x k (``depth`` x k x k when given; 1 keeps
+    the kernels in-plane); ``mode="acs"`` turns every conv into an ``ACSConv``. The copy takes
+    (N, C, D, H, W), keeps train/eval mode and ``requires_grad``, and records ``medseg_inflation``.
+    Raises ``InflateError`` naming any 2-D layer it cannot convert. Used in chapter 10.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

