@@ -1,10 +1,7 @@
 """Data layer: importers for real datasets, preprocessing, caching, splits and the torch Dataset.
 
 The names below are what the chapters use; everything else is imported from its module
-(``medseg_tutorial.data.preprocess``, ``.splits``, ``.msd``, ...). Built-in datasets register when
-their importer module is imported; :mod:`.registry` imports them, and any plugin of the
-``medseg_tutorial.datasets`` entry-point group, on first lookup. Images and masks in a plain folder
-need no registration at all: :mod:`.folder` reads them from options (``data.dataset: folder``).
+(``medseg_tutorial.data.preprocess``, ``.splits``, ``.msd``, ...).
 """
 
 from .errors import DataError

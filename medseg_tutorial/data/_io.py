@@ -1,9 +1,8 @@
 """Plumbing shared by the importers and the checker: file items, safe reading, stacking slices.
 
-Every download layout is described the same way, by a :class:`FileLayout`: list the files of a
-dataset as :class:`Item` records, read one item into a :class:`Volume`, and stack the items of one
-patient into a :class:`~medseg_tutorial.data.types.Case`. Importers and :mod:`.check` run the very
-same code, so the checker sees exactly what training will read.
+A download layout is a :class:`FileLayout`: list the files as :class:`Item` records, read one into a
+:class:`Volume`, stack a patient's items into a :class:`~.types.Case`. Importers and :mod:`.check`
+run the same code, so the checker sees exactly what training will read.
 """
 
 from __future__ import annotations
@@ -91,9 +90,7 @@ def check_labels(mask: np.ndarray, num_classes: int, path: str | Path) -> None:
 # NIfTI stores voxels as (x, y, z[, channel]). We slice along z and put rows = y, cols = x, which
 # is the order SimpleITK and nnU-Net use, so the official ACDC files and its SSL4MIS HDF5 copy agree.
 
-
-# A NIfTI header may claim any shape; anything above this many voxels is refused before reading
-# (the largest volume of the book's datasets has about 20 million)
+# A header may claim any shape: more voxels are refused before reading (the book's largest has ~20 M)
 MAX_VOXELS = 2_000_000_000
 
 
@@ -140,20 +137,20 @@ def read_nifti_labels(path: Path) -> np.ndarray:
     return np.ascontiguousarray(as_labels(data, path).transpose(2, 1, 0))
 
 
+def same_grid(item: Item, image: np.ndarray, mask: np.ndarray, spacing: tuple[float, float, float]) -> Volume:
+    """``Volume(image, mask, spacing)`` once the label volume is checked to share the image's grid."""
+    expected = (image.shape[0], *image.shape[2:])
+    if mask.shape != expected:
+        raise DataError(item.mask, f"label shape {mask.shape} does not match image shape {expected} of "
+                        f"{item.image.name} (slices, rows, cols)", "shape_mismatch")
+    return Volume(image, mask, spacing)
+
+
 def read_nifti_pair(item: Item) -> Volume:
     """Read an image NIfTI and its label NIfTI (MSD, official ACDC) and check they share a grid."""
     require_mask(item)
     image, spacing = read_nifti_image(item.image)
-    mask = read_nifti_labels(item.mask)
-    expected = (image.shape[0], *image.shape[2:])
-    if mask.shape != expected:
-        raise DataError(
-            item.mask,
-            f"label shape {mask.shape} does not match image shape {expected} of {item.image.name} "
-            "(slices, rows, cols)",
-            "shape_mismatch",
-        )
-    return Volume(image, mask, spacing)
+    return same_grid(item, image, read_nifti_labels(item.mask), spacing)
 
 
 # --- from items to cases ------------------------------------------------------------------------
@@ -177,24 +174,15 @@ def stack_slices(items: list[Item], volumes: list[Volume]) -> Volume:
     first = volumes[0].image.shape[1:]
     for item, vol in zip(items, volumes):
         if vol.image.shape[1:] != first:
-            raise DataError(
-                item.image,
-                f"slice shape {vol.image.shape[1:]} (channels, rows, cols) differs from {first} "
-                f"of {items[0].image.name} in the same case",
-                "shape_mismatch",
-            )
-    return Volume(
-        np.concatenate([v.image for v in volumes]), np.concatenate([v.mask for v in volumes]), volumes[0].spacing
-    )
+            raise DataError(item.image, f"slice shape {vol.image.shape[1:]} (channels, rows, cols) differs "
+                            f"from {first} of {items[0].image.name} in the same case", "shape_mismatch")
+    return Volume(np.concatenate([v.image for v in volumes]), np.concatenate([v.mask for v in volumes]),
+                  volumes[0].spacing)
 
 
 @dataclass(frozen=True)
 class FileLayout:
-    """A download layout: how to list its files and read one. Calling it imports the cases.
-
-    An instance is a registry importer (``(root) -> Iterator[Case]``) that :mod:`.check` can also
-    walk file by file.
-    """
+    """A download layout: how to list its files and read one; calling it yields the cases (an importer)."""
 
     list_items: ListItems
     read_item: ReadItem

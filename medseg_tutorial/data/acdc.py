@@ -1,11 +1,9 @@
 """ACDC (Automated Cardiac Diagnosis Challenge) cine MRI: two layouts of the same 100 patients.
 
-* The SSL4MIS HDF5 copy (registered as ``"acdc"``): ``patientNNN_frameMM.h5`` holds a whole volume
-  and ``patientNNN_frameMM_slice_K.h5`` a single slice, each with datasets ``image`` (float32,
-  scaled to [0, 1] per volume) and ``label`` (uint8). This copy dropped the voxel spacing, so
-  cases get spacing (1, 1, 1) and distances computed from them are in pixels, not millimetres.
-* The official NIfTI download (:func:`read_acdc_nifti`): ``patientNNN/patientNNN_frameMM.nii.gz``
-  with ``..._gt.nii.gz`` masks and ``Info.cfg``, raw intensities and the real spacing.
+* The SSL4MIS HDF5 copy (registered as ``"acdc"``): ``patientNNN_frameMM.h5`` (a volume) and
+  ``patientNNN_frameMM_slice_K.h5`` (a slice) hold ``image`` (scaled to [0, 1] per volume) and
+  ``label``. It dropped the voxel spacing: distances computed from it are in pixels.
+* The official NIfTI download (:func:`read_acdc_nifti`): raw intensities and the real spacing.
 
 One :class:`Case` per patient and phase: ``patient_id="patientNNN"``, ``group="frameMM"``.
 """
@@ -25,11 +23,8 @@ from .registry import dataset_path, register_dataset
 from .types import Case, DatasetInfo
 
 ACDC = DatasetInfo(
-    name="acdc",
-    modality="MRI",
-    class_names=("background", "RV", "myocardium", "LV"),
-    channel_names=("cine",),
-    licence="CC BY-NC-SA 4.0",
+    name="acdc", modality="MRI", class_names=("background", "RV", "myocardium", "LV"),
+    channel_names=("cine",), licence="CC BY-NC-SA 4.0",
     citation=(
         "Bernard et al., 'Deep Learning Techniques for Automatic MRI Cardiac Multi-structures "
         "Segmentation and Diagnosis: Is the Problem Solved?', IEEE TMI 37(11):2514-2525 (2018)."
@@ -39,8 +34,7 @@ ACDC = DatasetInfo(
         "ACDC training set (MICCAI 2017), cine cardiac MRI at end-diastole and end-systole, in the "
         "SSL4MIS HDF5 layout: intensities scaled to [0, 1] per volume and no voxel spacing."
     ),
-    subdir="acdc/ACDC/data",
-    patient_count=100,
+    subdir="acdc/ACDC/data", patient_count=100,
 )
 
 _H5_NAME = re.compile(r"(patient\d+)_(frame\d+)(?:_slice_(\d+))?\.h5")
@@ -99,15 +93,6 @@ ACDC_NIFTI_LAYOUT = FileLayout(acdc_nifti_items, read_nifti_pair, ACDC.num_class
 register_dataset(ACDC)(ACDC_H5_LAYOUT)
 
 
-def read_acdc_h5(root: str | Path) -> Iterator[Case]:
-    """Read the SSL4MIS HDF5 layout; single-slice files are stacked back into volumes by slice number.
-
-    ``Case.slice_index`` is the 0-based slice position: ``K - 1`` for ``..._slice_K.h5``, as for
-    whole-volume files. Spacing is (1, 1, 1) because the HDF5 files do not keep it.
-    """
-    return ACDC_H5_LAYOUT(Path(root))
-
-
 def read_acdc_nifti(root: str | Path) -> Iterator[Case]:
     """Read the official NIfTI layout (``database/training``) with raw intensities and real spacing."""
     return ACDC_NIFTI_LAYOUT(Path(root))
@@ -123,10 +108,10 @@ def read_info_cfg(patient_dir: str | Path) -> dict[str, str]:
 
 
 def acdc_official_split(root: str | Path | None = None) -> dict[str, list[str]]:
-    """The usual 70/10/20 patient split from SSL4MIS's ``train.list``, ``val.list`` and ``test.list``.
+    """The usual 70/10/20 patient split ``{"train": [...], "val": [...], "test": [...]}`` of SSL4MIS's lists.
 
-    ``root`` is the folder holding the lists or its ``data/`` subfolder (default: the registered
-    ``acdc`` folder). Returns ``{"train": [...], "val": [...], "test": [...]}`` of patient ids.
+    ``root`` holds ``train.list``, ``val.list`` and ``test.list`` or is their ``data/`` subfolder
+    (default: the registered ``acdc`` folder).
     """
     root = Path(root) if root is not None else dataset_path(ACDC.name)
     folder = next((d for d in (root, root.parent) if (d / "train.list").is_file()), root)

@@ -1,25 +1,12 @@
 """The ``folder`` dataset: your own images and masks in a plain folder, described by options alone.
 
-No Python is needed: ``medseg train --config folder data.path=DIR`` reads DIR with the options of
-the ``data.folder`` config section (:class:`FolderOptions`), and the run folder stores those options
-with everything detected filled in, so evaluation and prediction in later processes rebuild the very
-same dataset without the code (or the guesses) that made it.
-
-Layouts (an option left ``None`` is detected from the files by :func:`detect_layout`):
-
-* ``images/`` and ``masks/`` (or ``Imgs``/``GT``, ``imagesTr``/``labelsTr``, ...) holding files under
-  the same relative names, optionally with a suffix (``masks/12_mask.png``);
-* masks beside the images, told apart by a suffix (``000_HC.png`` and ``000_HC_Annotation.png``);
-* one mask file per object (``12_mask_1.png``, ``12_mask_2.png``): ``instances`` merges them into
-  one label map (where objects overlap, the higher class wins);
-* 2-D files (PNG, JPEG, TIFF, BMP, read by :mod:`.paired`) or NIfTI volumes (``.nii``, ``.nii.gz``,
-  read by :mod:`._io`) with label volumes.
-
-Subjects (``subject``) are what the patient split keeps apart, and they are independent of how
-slices are stacked: by default each 2-D image is its own volume (``Case.group``) inside its subject
-(``Case.patient_id``), so one subject's images may differ in size; ``stack: true`` makes a subject's
-same-size images the slices of one volume instead. Pixel spacing comes from a CSV
-(``spacing_csv``) or a default (``spacing``), so that HD95 is in millimetres.
+``medseg train --config folder data.path=DIR`` reads DIR with the ``data.folder`` options
+(:class:`FolderOptions`; one left ``None`` is detected from the files by :func:`detect_layout`), and
+the run folder stores them with everything detected filled in, so later processes rebuild the very
+same dataset. Masks sit in their own folder under the images' names or beside the images with a
+suffix, one file per image or one per object (``instances``); files are 2-D images (:mod:`.paired`)
+or NIfTI volumes (:mod:`._io`). Each 2-D image is its own volume (``Case.group``) inside its subject
+(``Case.patient_id``, what the split keeps apart) unless ``stack: true``.
 """
 
 from __future__ import annotations
@@ -159,9 +146,8 @@ def is_volume(path: Path) -> bool:
 
 
 def _data_files(folder: Path, skip: Path | None = None) -> list[Path]:
-    """Image and volume files under ``folder``, recursively, except under ``skip`` (a mask folder
-    inside the image folder); hidden files and folders are skipped (macOS leaves ``._name.png``
-    forks in archives, Jupyter ``.ipynb_checkpoints``)."""
+    """Image and volume files under ``folder``, recursively, except under ``skip`` (a mask folder inside it)
+    and hidden ones (macOS ``._name.png`` forks, Jupyter ``.ipynb_checkpoints``)."""
     skip = skip if skip is not None and skip != folder and skip.is_relative_to(folder) else None
     found = []
     for path in folder.rglob("*"):
@@ -208,10 +194,14 @@ def _mask_base(key: str, suffix: str, instances: bool, images: set[str]) -> tupl
     return None, 0
 
 
-def _split_beside(files: list[Path], folder: Path, suffix: str, instances: bool) -> tuple[list[Path], list[Path]]:
-    """(images, masks) of one folder where mask names end with ``suffix`` (and ``_N`` for instances)."""
+def _images_and_masks(image_dir: Path, mask_dir: Path, suffix: str, instances: bool
+                      ) -> tuple[list[Path], list[Path]]:
+    """(image files, mask files); in one folder, mask names end with ``suffix`` (and ``_N`` for instances)."""
+    files = _data_files(image_dir, mask_dir)
+    if image_dir != mask_dir:
+        return files, _data_files(mask_dir)
     pattern = re.compile(rf".*{re.escape(suffix)}" + (r"(?:_\d+)?" if instances else ""))
-    masks = [p for p in files if pattern.fullmatch(_key(p, folder))]
+    masks = [p for p in files if pattern.fullmatch(_key(p, image_dir))]
     chosen = set(masks)
     return [p for p in files if p not in chosen], masks
 
@@ -219,18 +209,12 @@ def _split_beside(files: list[Path], folder: Path, suffix: str, instances: bool)
 # --- detection ------------------------------------------------------------------------------------
 
 
-def _suffix_score(suffix: str, images: set[str], masks: set[str]) -> int:
-    return sum(1 for m in masks if _mask_base(m, suffix, True, images)[0] is not None)
-
-
 def _detect_suffix(image_dir: Path, mask_dir: Path, beside: bool) -> str:
-    files = _data_files(image_dir, mask_dir)
-    keys = {_key(p, image_dir) for p in files}
-    if beside:  # a mask is a file whose name is another file's name plus the suffix
-        scores = {s: _suffix_score(s, keys, keys) for s in MASK_SUFFIXES}
-    else:
-        masks = {_key(p, mask_dir) for p in _data_files(mask_dir)}
-        scores = {s: _suffix_score(s, keys, masks) for s in ("", *MASK_SUFFIXES)}
+    keys = {_key(p, image_dir) for p in _data_files(image_dir, mask_dir)}
+    # beside the images, a mask is a file whose name is another file's name plus the suffix
+    masks = keys if beside else {_key(p, mask_dir) for p in _data_files(mask_dir)}
+    scores = {s: sum(_mask_base(m, s, True, keys)[0] is not None for m in masks)
+              for s in (MASK_SUFFIXES if beside else ("", *MASK_SUFFIXES))}
     best = max(scores, key=lambda s: scores[s])  # ties: the first in the list
     if beside and scores[best] == 0:
         raise DataError(image_dir, f"masks beside the images, but no file name ends with a known mask suffix "
@@ -239,13 +223,10 @@ def _detect_suffix(image_dir: Path, mask_dir: Path, beside: bool) -> str:
     return best if scores[best] else ""
 
 
-def _detect_instances(image_dir: Path, mask_dir: Path, beside: bool, suffix: str) -> bool:
-    files = _data_files(image_dir, mask_dir)
-    if beside:
-        images, masks = _split_beside(files, image_dir, suffix, True)
-        image_keys, mask_keys = {_key(p, image_dir) for p in images}, [_key(p, image_dir) for p in masks]
-    else:
-        image_keys, mask_keys = {_key(p, image_dir) for p in files}, [_key(p, mask_dir) for p in _data_files(mask_dir)]
+def _detect_instances(image_dir: Path, mask_dir: Path, suffix: str) -> bool:
+    images, masks = _images_and_masks(image_dir, mask_dir, suffix, True)
+    image_keys = {_key(p, image_dir) for p in images}
+    mask_keys = [_key(p, mask_dir) for p in masks]
     return any(_mask_base(k, suffix, True, image_keys)[1] >= 0 for k in mask_keys if k not in image_keys)
 
 
@@ -270,10 +251,9 @@ def detect_layout(root: str | os.PathLike, options: FolderOptions | None = None)
     if beside and not opts.mask_suffix:
         _fail("mask_suffix", "masks beside the images need a suffix that tells them apart (e.g. _mask)")
     if opts.instances is None:
-        opts.instances = _detect_instances(image_dir, mask_dir, beside, opts.mask_suffix)
+        opts.instances = _detect_instances(image_dir, mask_dir, opts.mask_suffix)
     if opts.subject is None:
-        images = _split_beside(_data_files(image_dir), image_dir, opts.mask_suffix, opts.instances)[0] \
-            if beside else _data_files(image_dir, mask_dir)
+        images = _images_and_masks(image_dir, mask_dir, opts.mask_suffix, opts.instances)[0]
         opts.subject = "folder" if any(p.parent != image_dir for p in images) else "stem"
     return opts
 
@@ -330,11 +310,7 @@ def folder_items(root: Path, opts: FolderOptions) -> list[Item]:
     root = Path(root)
     image_dir, mask_dir = _folder(root, opts.images, "images"), _folder(root, opts.masks, "masks")
     suffix, instances = opts.mask_suffix or "", bool(opts.instances)
-    files = _data_files(image_dir, mask_dir)
-    if image_dir == mask_dir:
-        images, mask_files = _split_beside(files, image_dir, suffix, instances)
-    else:
-        images, mask_files = files, _data_files(mask_dir)
+    images, mask_files = _images_and_masks(image_dir, mask_dir, suffix, instances)
     image_keys = {_key(p, image_dir) for p in images}
     found: dict[str, list[tuple[int, Path]]] = {}
     for mask in mask_files:
@@ -490,8 +466,7 @@ def _safe_name(text: str) -> str:
 def folder_dataset(path: str | os.PathLike, options: FolderOptions | None = None) -> Dataset:
     """The ``folder`` dataset of ``path``: its layout detected, class names and channels inferred where not given.
 
-    ``Dataset.settings`` holds the complete options (nothing left to detect), which is what a run
-    stores, so that a later process rebuilds exactly this dataset.
+    ``Dataset.settings`` holds the complete options, which a run stores to rebuild exactly this dataset later.
     """
     root = Path(path).expanduser().resolve()
     if not root.is_dir():
@@ -527,11 +502,11 @@ def folder_dataset(path: str | os.PathLike, options: FolderOptions | None = None
 
 
 def write_folder(cases: Iterable[Case], out: str | os.PathLike, mask_suffix: str = "_mask") -> Path:
-    """Write ``cases`` as the plain layout most 2-D datasets come in: 8-bit PNG pairs in one folder.
+    """Write ``cases`` as 8-bit PNG pairs in one folder (the plain layout most 2-D datasets come in).
 
-    Each slice becomes ``SUBJECT_NNN.png`` beside ``SUBJECT_NNN<mask_suffix>.png`` (a binary mask as
-    0/255, more classes as their indices); intensities are scaled to 0-255 per case, 1 or 3 channels
-    kept. The subject is then recovered with the rule ``^(.+)_\\d+$``. Used by the "Your own data" page.
+    Each slice becomes ``SUBJECT_NNN.png`` beside ``SUBJECT_NNN<mask_suffix>.png``; intensities are
+    scaled to 0-255 per case, a binary mask saved as 0/255. The subject is recovered with the rule
+    ``^(.+)_\\d+$``. Used by the "Your own data" page.
     """
     from PIL import Image
 

@@ -1,10 +1,7 @@
 """Medical Segmentation Decathlon (MSD) tasks: one generic reader driven by ``dataset.json``.
 
-An MSD task folder (as extracted from ``TaskNN_Name.tar``) holds ``dataset.json``, ``imagesTr/`` and
-``labelsTr/``. ``dataset.json`` names the classes (``labels``), the channels (``modality``) and the
-labelled training pairs (``training``). Each pair is one 3-D (or 4-D, multi-modal) NIfTI volume,
-read here as a stack of axial slices: slices along the last voxel axis, channels from the 4th axis,
-spacing from the header.
+``dataset.json`` names the classes (``labels``), the channels (``modality``) and the labelled
+``training`` pairs, each one 3-D (or 4-D, multi-modal) NIfTI volume, read as a stack of axial slices.
 """
 
 from __future__ import annotations
@@ -67,18 +64,15 @@ def msd_layout(task_dir: str | Path) -> FileLayout:
 def read_msd_task(task_dir: str | Path) -> Iterator[Case]:
     """Read every labelled training volume of an MSD task folder as one :class:`Case` each.
 
-    Images keep their native intensities as float32 (S, C, H, W); masks are uint8 (S, H, W) and are
-    checked against the classes in ``dataset.json``; ``patient_id`` is the file name without
-    ``.nii.gz`` (e.g. ``hippocampus_001``). A missing or broken file raises :class:`DataError`.
+    Intensities stay native; ``patient_id`` is the file name without ``.nii.gz`` (``hippocampus_001``).
     """
     return msd_layout(task_dir)(Path(task_dir))
 
 
 def msd_info(task_dir: str | Path, name: str | None = None, subdir: str | None = None) -> DatasetInfo:
-    """A :class:`DatasetInfo` for any MSD task folder, filled from its ``dataset.json``.
+    """A :class:`DatasetInfo` for any MSD task folder, from its ``dataset.json``.
 
-    ``name`` defaults to ``msd_<name in dataset.json>`` in lower case and ``subdir`` to
-    ``msd/<folder name>`` (where :func:`~medseg_tutorial.data.fetch_msd` extracts tasks).
+    ``name`` defaults to ``msd_<name in dataset.json>`` in lower case, ``subdir`` to ``msd/<folder name>``.
     """
     task_dir = Path(task_dir)
     meta = read_dataset_json(task_dir)
@@ -107,20 +101,14 @@ def register_msd_task(task_dir: str | Path, name: str | None = None, subdir: str
 
 
 HIPPOCAMPUS = DatasetInfo(
-    name="msd_hippocampus",
-    modality="MRI",
-    class_names=("background", "anterior", "posterior"),
-    channel_names=("T1",),
-    licence="CC BY-SA 4.0",
-    citation=MSD_CITATION,
-    url=MSD_URL,
+    name="msd_hippocampus", modality="MRI", class_names=("background", "anterior", "posterior"),
+    channel_names=("T1",), licence="CC BY-SA 4.0", citation=MSD_CITATION, url=MSD_URL,
     description=(
         "MSD Task04_Hippocampus: T1-weighted brain MRI crops around the hippocampus (Vanderbilt "
         "University Medical Center), head (anterior) and body (posterior) labelled; one 1 mm volume "
         "of about 35 x 50 x 35 voxels per subject."
     ),
-    subdir="msd/Task04_Hippocampus",
-    patient_count=260,
+    subdir="msd/Task04_Hippocampus", patient_count=260,
 )
 
 # The class count is fixed here so that importing the package never touches the disk.

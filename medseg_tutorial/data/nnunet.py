@@ -1,24 +1,11 @@
 """nnU-Net v2 raw datasets: tell them from MSD tasks and read them.
 
-nnU-Net v2 (``documentation/dataset_format.md`` of MIC-DKFZ/nnUNet) keeps each dataset in
-``nnUNet_raw/DatasetXXX_Name/`` (``XXX`` a three-digit id)::
-
-    dataset.json
-    imagesTr/{case}_{XXXX}{file_ending}   one file per input channel, XXXX its four-digit index
-    labelsTr/{case}{file_ending}          the label map, same grid as the images
-    imagesTs/                             optional, unlabelled: nnU-Net itself never reads it
-
-``dataset.json`` holds ``channel_names`` ({"0": "T1"}; older v2 files call it ``modality``),
-``labels`` as name -> value ({"background": 0, "anterior": 1}), ``numTraining`` and
-``file_ending`` (".nii.gz", ".png", ...). An MSD task (:mod:`.msd`) looks alike but is another format:
-``labels`` maps value -> name, ``training`` lists the image/label pairs, and a multi-channel image is
-one 4-D NIfTI file. :func:`is_nnunet_raw` and :func:`is_msd_task` tell the two apart.
-
-Reading (:func:`read_nnunet`, :func:`nnunet_layout`) gives the same :class:`Case` records as every
-other importer: float32 (S, C, H, W) with the channel files stacked in index order, uint8 masks,
-(slice, row, col) spacing in mm from the NIfTI header (1 mm for 2-D PNG/TIFF/BMP files).
-
-Exporting a dataset as nnU-Net raw data is a tool: :mod:`medseg_tutorial.tools.nnunet_export`.
+nnU-Net v2 (``documentation/dataset_format.md`` of MIC-DKFZ/nnUNet) keeps a dataset in
+``nnUNet_raw/DatasetXXX_Name/``: ``dataset.json`` (``channel_names``, name -> value ``labels``,
+``numTraining``, ``file_ending``), ``imagesTr/{case}_{XXXX}{file_ending}`` (one file per channel)
+and ``labelsTr/{case}{file_ending}``. An MSD task (:mod:`.msd`) looks alike, but its ``labels`` map
+value -> name, ``training`` lists the pairs and a multi-channel image is one 4-D NIfTI file.
+Exporting as nnU-Net raw data is a tool: :mod:`medseg_tutorial.tools.nnunet_export`.
 """
 
 from __future__ import annotations
@@ -43,6 +30,7 @@ from ._io import (
     read_nifti_labels,
     reading,
     require_mask,
+    same_grid,
 )
 from .errors import DataError
 from .paired import read_image_file
@@ -54,7 +42,6 @@ SPLIT_FILE = "medseg_split.json"  # nnU-Net's splits_final.json format; it belon
 VOLUME_ENDINGS = (".nii.gz", ".nii")
 PLANE_ENDINGS = (".png", ".bmp", ".tif", ".tiff")  # 2-D files, as nnU-Net's NaturalImage2DIO reads them
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-# the exported folders and files: all that overwrite=True may replace
 
 
 # --- telling the layouts apart ------------------------------------------------------------------
@@ -77,9 +64,7 @@ def _labels_by_name(labels: Any) -> bool:
 
 
 def is_nnunet_raw(path: str | os.PathLike) -> bool:
-    """True if ``path`` is an nnU-Net v2 raw dataset folder: ``dataset.json`` with ``file_ending``,
-    ``channel_names`` and name -> value ``labels``, next to ``imagesTr/`` whose images are named
-    ``CASE_XXXX<file_ending>``."""
+    """True if ``path`` holds an nnU-Net v2 ``dataset.json`` and ``imagesTr/CASE_XXXX<file_ending>`` files."""
     folder = Path(path)
     meta = _json_or_none(folder)
     if not (
@@ -100,9 +85,8 @@ def is_nnunet_raw(path: str | os.PathLike) -> bool:
 def is_msd_task(path: str | os.PathLike) -> bool:
     """True if ``path`` is a Medical Segmentation Decathlon task folder (read by :mod:`.msd`).
 
-    MSD's ``dataset.json`` lists the ``training`` pairs, maps label values to names and has no
-    ``file_ending``; its listed images exist under their own names (an nnU-Net v1 task keeps MSD's
-    ``dataset.json`` but renames the images ``case_0000.nii.gz``, so it is not an MSD task).
+    Its listed images must exist under their own names: an nnU-Net v1 task keeps MSD's ``dataset.json``
+    but renames the images ``case_0000.nii.gz``, so it is not an MSD task.
     """
     folder = Path(path)
     meta = _json_or_none(folder)
@@ -166,9 +150,8 @@ def _channel_names(meta: dict) -> tuple[str, ...]:
 def nnunet_info(path: str | os.PathLike, name: str | None = None, subdir: str | None = None) -> DatasetInfo:
     """A :class:`DatasetInfo` for an nnU-Net v2 raw dataset folder, from its ``dataset.json`` alone.
 
-    Classes, channels, licence (``licence``), citation (``reference``) and description come from
-    the file, modality and URL from the ``medseg`` block :func:`~medseg_tutorial.tools.nnunet_export.export_nnunet` adds (else CT when a
-    channel is named CT). ``name`` defaults to ``nnunet_<name>``, ``subdir`` to ``nnUNet_raw/<folder>``.
+    Modality and URL come from the ``medseg`` block the export tool adds (else CT when a channel is
+    named CT). ``name`` defaults to ``nnunet_<name>``, ``subdir`` to ``nnUNet_raw/<folder>``.
     """
     folder = Path(path)
     meta = _dataset_json(folder)
@@ -269,18 +252,11 @@ def _read_nnunet_item(item: Item, ending: str, n_channels: int) -> Volume:
     if image.shape[1] != n_channels:
         raise DataError(item.image, f"{image.shape[1]} channels in {len(files)} file(s), dataset.json "
                         f"declares {n_channels} in channel_names", "invalid")
-    expected = (image.shape[0], *image.shape[2:])
-    if mask.shape != expected:
-        raise DataError(item.mask, f"label shape {mask.shape} does not match image shape {expected} of "
-                        f"{item.image.name} (slices, rows, cols)", "shape_mismatch")
-    return Volume(image, mask, spacing)
+    return same_grid(item, image, mask, spacing)
 
 
 def nnunet_layout(path: str | os.PathLike) -> FileLayout:
-    """The :class:`FileLayout` (registry importer, checker walk) of one nnU-Net v2 raw dataset folder.
-
-    Only ``imagesTr``/``labelsTr`` are read: they are nnU-Net's training cases (``imagesTs`` has no labels).
-    """
+    """The :class:`FileLayout` of an nnU-Net v2 raw dataset: ``imagesTr``/``labelsTr`` (no ``imagesTs``)."""
     folder = Path(path)
     meta = _dataset_json(folder)
     n_classes = len(_class_names(meta, folder / DATASET_JSON))
@@ -291,10 +267,8 @@ def nnunet_layout(path: str | os.PathLike) -> FileLayout:
 def read_nnunet(path: str | os.PathLike, name: str | None = None) -> tuple[DatasetInfo, Iterator[Case]]:
     """Read an nnU-Net v2 raw dataset: its :class:`DatasetInfo` and its training cases, one :class:`Case` each.
 
-    Cases are float32 (S, C, H, W) native intensities (channel files stacked by index), uint8 masks
-    checked against ``labels``, spacing from the NIfTI header; ``patient_id`` is the case id, or the
-    original patient id when the folder was written by :func:`~medseg_tutorial.tools.nnunet_export.export_nnunet`. ``name`` defaults to
-    ``nnunet_<dataset name>``. A missing or broken file raises one :class:`DataError` naming it.
+    Channel files are stacked by index, spacing comes from the NIfTI header (1 mm for 2-D files);
+    ``patient_id`` is the case id, or the original patient id when the export tool wrote the folder.
     """
     folder = Path(path)
     info = nnunet_info(folder, name)
@@ -302,10 +276,7 @@ def read_nnunet(path: str | os.PathLike, name: str | None = None) -> tuple[Datas
 
 
 def register_nnunet_dataset(path: str | os.PathLike, name: str | None = None, subdir: str | None = None) -> DatasetInfo:
-    """Register an nnU-Net v2 raw dataset so ``iter_cases(name)`` (and training configs) can read it.
-
-    ``subdir`` (under the data root) defaults to ``nnUNet_raw/<folder name>``.
-    """
+    """Register an nnU-Net v2 raw dataset so ``iter_cases(name)`` (and training configs) can read it."""
     info = nnunet_info(Path(path), name, subdir)
     register_dataset(info)(nnunet_layout(path))
     return info

@@ -1,12 +1,8 @@
 """Paired 2-D image and mask files (PNG, JPEG, TIFF): the layout of most Kaggle-style datasets.
 
-:func:`read_paired_folder` finds each image's mask either in a separate folder under the same
-relative name (``Imgs/12.jpg`` -> ``GT/12.png``) or beside it with a suffix
-(``scan_7.tif`` -> ``scan_7_mask.tif``), groups the files into patients, orders each patient's
-slices by the number that ends the file name, and stacks them into one :class:`Case`.
-
-Masks become class indices: a palette PNG already stores indices (PIL mode ``"P"``), a binary
-0/255 mask becomes 0/1, and anything else can be translated with ``mask_mapping``.
+A mask sits in a separate folder under the image's relative name (``Imgs/12.jpg`` -> ``GT/12.png``) or
+beside it with a suffix (``scan_7.tif`` -> ``scan_7_mask.tif``); a patient's slices are ordered by the
+number that ends the file name. A palette PNG already stores class indices, a 0/255 mask becomes 0/1.
 """
 
 from __future__ import annotations
@@ -34,20 +30,9 @@ def _read_pil(path: Path) -> np.ndarray:
 
 # tifffile reads what PIL cannot (16-bit multi-sample, float, multi-page TIFF)
 READERS: dict[str, Callable[[Path], np.ndarray]] = {
-    ".png": _read_pil,
-    ".jpg": _read_pil,
-    ".jpeg": _read_pil,
-    ".bmp": _read_pil,
-    ".tif": tifffile.imread,
-    ".tiff": tifffile.imread,
+    **dict.fromkeys((".png", ".jpg", ".jpeg", ".bmp"), _read_pil),
+    **dict.fromkeys((".tif", ".tiff"), tifffile.imread),
 }
-
-# How a patient id is made from an image path (relative to the images folder).
-PATIENT_RULES: dict[str, Callable[[Path], str]] = {
-    "stem": lambda rel: rel.stem,  # every image is its own patient
-    "folder": lambda rel: rel.parent.name or rel.stem,  # one folder per patient (LGG)
-}
-
 _TRAILING_NUMBER = re.compile(r"(\d+)$")
 
 
@@ -61,9 +46,11 @@ def read_image_file(path: Path) -> np.ndarray:
 
 
 def _patient_id(rel: Path, rule: str | None, image: Path) -> str:
-    rule = rule or "stem"
-    if rule in PATIENT_RULES:
-        return PATIENT_RULES[rule](rel)
+    """The patient of image ``rel`` (relative to the image folder) under ``rule``."""
+    if rule in (None, "stem"):  # every image is its own patient
+        return rel.stem
+    if rule == "folder":  # one folder per patient (LGG)
+        return rel.parent.name or rel.stem
     match = re.search(rule, rel.stem)  # any other rule is a regex whose first group is the id
     if match is None or not match.groups():
         raise DataError(image, f"file name does not match patient_rule {rule!r} (needs one group)", "invalid")
@@ -79,15 +66,8 @@ def _by_stem(files: list[Path], folder: Path) -> dict[Path, Path]:
     return {p.relative_to(folder).with_suffix(""): p for p in files}
 
 
-def paired_items(
-    images_dir: Path,
-    masks_dir: Path | None = None,
-    mask_suffix: str = "_mask",
-    patient_rule: str | None = None,
-    *,
-    group: str = "",
-    patient_prefix: str = "",
-) -> list[Item]:
+def paired_items(images_dir: Path, masks_dir: Path | None = None, mask_suffix: str = "_mask",
+                 patient_rule: str | None = None, *, group: str = "", patient_prefix: str = "") -> list[Item]:
     """One item per image file, with the path its mask has (or should have)."""
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
@@ -111,11 +91,8 @@ def paired_items(
         key = rel.with_name(rel.stem + mask_suffix)
         patient = patient_prefix + _patient_id(rel, patient_rule, image)
         number = _TRAILING_NUMBER.search(rel.stem)
-        if number:
-            index = int(number[1])
-        else:  # no number in the name: keep name order
-            index = unnumbered[patient]
-            unnumbered[patient] += 1
+        index = int(number[1]) if number else unnumbered[patient]  # no number in the name: keep name order
+        unnumbered[patient] += not number
         ext = common[0][0] if common else image.suffix
         mask = masks.get(key, masks_root / f"{key}{ext}")
         items.append(Item(patient, image, mask, group, index))
@@ -166,48 +143,28 @@ def read_paired_item(item: Item, mask_mapping: dict[int, int] | None = None, gra
         image = _grayscale(image)
     mask = _labels(read_image_file(item.mask), item.mask, mask_mapping)
     if mask.shape != image.shape[1:]:
-        raise DataError(
-            item.mask, f"mask shape {mask.shape} differs from image shape {image.shape[1:]} of {item.image.name}",
-            "shape_mismatch",
-        )
+        raise DataError(item.mask, f"mask shape {mask.shape} differs from image shape {image.shape[1:]} of "
+                        f"{item.image.name}", "shape_mismatch")
     return Volume(image[None], mask[None])
 
 
-def paired_layout(
-    masks_dir: str | Path | None = None,
-    mask_suffix: str = "_mask",
-    patient_rule: str | None = None,
-    mask_mapping: dict[int, int] | None = None,
-    grayscale: bool = False,
-    num_classes: int | None = None,
-) -> FileLayout:
+def paired_layout(masks_dir: str | Path | None = None, mask_suffix: str = "_mask",
+                  patient_rule: str | None = None, mask_mapping: dict[int, int] | None = None,
+                  grayscale: bool = False, num_classes: int | None = None) -> FileLayout:
     """The :class:`FileLayout` of a paired folder; the folder itself is the root it is called with."""
     return FileLayout(
         partial(paired_items, masks_dir=masks_dir, mask_suffix=mask_suffix, patient_rule=patient_rule),
-        partial(read_paired_item, mask_mapping=mask_mapping, grayscale=grayscale),
-        num_classes,
-    )
+        partial(read_paired_item, mask_mapping=mask_mapping, grayscale=grayscale), num_classes)
 
 
-def read_paired_folder(
-    images_dir: str | Path,
-    masks_dir: str | Path | None = None,
-    mask_suffix: str = "_mask",
-    patient_rule: str | None = None,
-    mask_mapping: dict[int, int] | None = None,
-    grayscale: bool = False,
-) -> Iterator[Case]:
+def read_paired_folder(images_dir: str | Path, masks_dir: str | Path | None = None,
+                       mask_suffix: str = "_mask", patient_rule: str | None = None,
+                       mask_mapping: dict[int, int] | None = None, grayscale: bool = False) -> Iterator[Case]:
     """Read 2-D image/mask pairs under ``images_dir`` (searched recursively) as patient cases.
 
-    * ``masks_dir``: folder with masks under the images' relative names (any supported suffix);
-      ``None`` means masks sit beside the images, named ``<stem><mask_suffix>.<ext>``.
-    * ``patient_rule``: ``None`` or ``"stem"`` (each image is a patient), ``"folder"`` (the parent
-      folder names the patient) or a regex whose first group, searched in the file stem, is the id.
-    * ``mask_mapping``: pixel value -> class index; by default 0/255 masks become 0/1 and other
-      masks are taken as indices.
-    * ``grayscale``: average colour images to one channel (ITU-R 601 weights).
-
-    Spacing is unknown in these formats and set to (1, 1, 1).
+    ``masks_dir=None``: masks beside the images, named ``<stem><mask_suffix>.<ext>``. ``patient_rule``:
+    ``"stem"`` (each image), ``"folder"`` (the parent folder) or a regex whose first group, searched in
+    the file stem, is the id. ``mask_mapping``: pixel value -> class. Spacing is unknown: (1, 1, 1).
     """
     layout = paired_layout(masks_dir, mask_suffix, patient_rule, mask_mapping, grayscale)
     return layout(Path(images_dir))
@@ -216,11 +173,8 @@ def read_paired_folder(
 # --- registered datasets ------------------------------------------------------------------------
 
 LGG = DatasetInfo(
-    name="lgg",
-    modality="MRI",
-    class_names=("background", "abnormality"),
-    channel_names=("pre-contrast", "FLAIR", "post-contrast"),
-    licence="CC BY-NC-SA 4.0",
+    name="lgg", modality="MRI", class_names=("background", "abnormality"),
+    channel_names=("pre-contrast", "FLAIR", "post-contrast"), licence="CC BY-NC-SA 4.0",
     citation=(
         "Buda et al., 'Association of genomic subtypes of lower-grade gliomas with shape features "
         "automatically extracted by a deep learning algorithm', Computers in Biology and Medicine "
@@ -232,21 +186,17 @@ LGG = DatasetInfo(
         "FLAIR, post-contrast; a missing sequence is replaced by FLAIR) and a binary FLAIR "
         "abnormality mask; one folder per patient."
     ),
-    subdir="lgg-mri-segmentation/kaggle_3m",
-    patient_count=110,
+    subdir="lgg-mri-segmentation/kaggle_3m", patient_count=110,
 )
 
 _COVID_COMMON = {
-    "modality": "CT",
-    "channel_names": ("CT",),
-    "licence": "non-commercial research and education use only",
+    "modality": "CT", "channel_names": ("CT",), "licence": "non-commercial research and education use only",
     "citation": (
         "Fan et al., 'Inf-Net: Automatic COVID-19 Lung Infection Segmentation from CT Images', "
         "IEEE TMI 39(8):2626-2637 (2020); slices from the COVID-19 CT segmentation dataset of "
         "medicalsegmentation.com (Italian Society of Medical and Interventional Radiology)."
     ),
-    "url": "https://github.com/DengPingFan/Inf-Net",
-    "subdir": "covid19-ct-semiseg",
+    "url": "https://github.com/DengPingFan/Inf-Net", "subdir": "covid19-ct-semiseg",
     # no patient ids are published: each of the 50 + 48 slices counts as its own "patient",
     # although they come from about 40 people, so a split by image can leak a person across sets
     "patient_count": 98,
@@ -281,11 +231,8 @@ _COVID_PARTS = {
 
 def _covid_items(root: Path, name: str) -> list[Item]:
     """Items of both official parts; ids are ``train_<n>`` / ``test_<n>`` and ``group`` the part."""
-    return [
-        item
-        for part, (images, masks) in _COVID_PARTS[name].items()
-        for item in paired_items(root / images, root / masks, group=part, patient_prefix=f"{part}_")
-    ]
+    return [item for part, (images, masks) in _COVID_PARTS[name].items()
+            for item in paired_items(root / images, root / masks, group=part, patient_prefix=f"{part}_")]
 
 
 register_dataset(LGG)(paired_layout(patient_rule="folder", num_classes=LGG.num_classes))

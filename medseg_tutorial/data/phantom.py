@@ -1,14 +1,10 @@
 """A seeded synthetic CT phantom: SYNTHETIC, NEVER REAL DATA.
 
-The phantom lets every chapter and test run offline in seconds. Each "patient" is a small stack of
-axial CT-like slices in Hounsfield units (HU): air (-1000 HU) around an elliptical body with a fat
-rim (about -100 HU), soft tissue (about 40 HU), a spine (bone, about 400 HU), two kidney-like
-blobs (contrast-enhanced, about 150 HU, *not* labelled, so a model has to tell them apart from the organ), and one
-liver-like organ (about 60 HU) that holds a few small hypodense lesions (about 10 HU).
-
-Labels: 0 background, 1 organ (liver-like), 2 lesion. The organ is an ellipsoid, so the first and
-last slices of a stack are often empty, as in real scans. Nothing here resembles a real patient;
-do not draw clinical conclusions from it.
+It lets every chapter and test run offline in seconds. Each "patient" is a small stack of axial
+CT-like slices in Hounsfield units: an elliptical body (fat rim, soft tissue, spine, two unlabelled
+kidney-like blobs) around a liver-like organ (label 1) with a few small lesions (label 2). The organ
+is an ellipsoid, so the end slices are often empty, as in real scans. Nothing here resembles a real
+patient; do not draw clinical conclusions from it.
 """
 
 from __future__ import annotations
@@ -22,18 +18,11 @@ from .registry import register_dataset
 from .types import Case, DatasetInfo
 
 PHANTOM_INFO = DatasetInfo(
-    name="phantom",
-    modality="CT",
-    class_names=("background", "organ", "lesion"),
-    channel_names=("CT",),
-    licence="generated; CC0",
-    citation="synthetic, not real data",
-    url="",
+    name="phantom", modality="CT", class_names=("background", "organ", "lesion"), channel_names=("CT",),
+    licence="generated; CC0", citation="synthetic, not real data", url="",
     description="Seeded synthetic CT phantom (HU) with a liver-like organ and small lesions. "
     "Synthetic: never real patient data.",
-    subdir="",  # generated, so no data root is needed
-    patient_count=12,
-    has_raw_hu=True,
+    subdir="", patient_count=12, has_raw_hu=True,  # generated, so no data root is needed
 )
 
 # Mean intensities in HU; the noise makes neighbouring tissues overlap a little, as in real CT.
@@ -108,9 +97,7 @@ def make_phantom_case(
 def phantom_cases(n_patients: int = 12, seed: int = 0, n_slices: int = 8, size: int = 64) -> Iterator[Case]:
     """Yield ``n_patients`` SYNTHETIC phantom patients ``phantom000``, ``phantom001``, ...
 
-    Each patient's seed is derived from ``(seed, patient number)``, so patient ``k`` is the same
-    whatever ``n_patients`` is.
-
+    Patient ``k``'s seed comes from ``(seed, k)``, so it is the same whatever ``n_patients`` is.
     Used in chapter 3.
     """
     if n_patients < 1:

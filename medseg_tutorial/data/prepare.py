@@ -1,25 +1,17 @@
 """Turn a registered dataset into a cached :class:`SliceTable` of normalised, equally sized 2-D slices.
 
-``prepare_dataset("msd_hippocampus")`` reads every case once, normalises intensities, resizes the
-slices, selects empty slices, and stores the result as one ``.npz`` file in
-``<cache dir>/prepared/``. The file name carries a hash of everything that shapes the result
-(:func:`cache_path`): the parameters and the normaliser, the dataset's description
-(:class:`~.types.DatasetInfo`), its importer and the importer's settings (the ``folder`` dataset's
-options), the source folder, the size and modification time of every file the importer reads, and
-the code of this data package. Changing any of them prepares afresh, and the second call with the
-same arguments loads the file after a ``stat`` of the files, without reading them.
-``rebuild=True`` (``data.rebuild: true``, ``medseg data prepare --rebuild``) prepares afresh anyway.
+:func:`prepare_dataset` reads every case once, normalises, resizes and selects slices, and stores the
+table as one ``.npz`` in ``<cache dir>/prepared/``, named by a hash of everything that shapes it
+(:func:`cache_path`). A second call with the same arguments loads the file after a ``stat`` of the
+source files; ``rebuild=True`` prepares afresh anyway. The file is written atomically, and a damaged
+one is reported with a warning and rebuilt.
 
-The cache is written to a temporary file and then renamed, so an interrupted run never leaves a
-half-written cache behind; a damaged cache file is detected, reported with a warning and rebuilt.
-
-Storage format. Images are stored as float16 in an *uncompressed* ``.npz``. Measured on MSD
-Hippocampus at 128 x 128 (9270 slices, 2 CPU cores): float32 uncompressed 760 MB, loads in 0.7 s;
-float16 uncompressed 456 MB, 0.9 s; zlib-compressed float32 394 MB, 5.7 s (26 s to write);
-compressed float16 191 MB, 3.4 s. float16 keeps about 3 significant digits: the error is at most
-2**-11 of a value, i.e. < 0.0005 on [0, 1] intensities (an eighth of an 8-bit grey level) and
-< 0.004 on z-scores below 8. Freshly prepared tables go through the same float16 rounding, so a
-table is bit-identical whether it was just prepared or loaded from the cache.
+Storage format: float16 images in an *uncompressed* ``.npz``. Measured on MSD Hippocampus at
+128 x 128 (9270 slices, 2 CPU cores): float32 uncompressed 760 MB, loads in 0.7 s; float16
+uncompressed 456 MB, 0.9 s; zlib-compressed float32 394 MB, 5.7 s (26 s to write); compressed
+float16 191 MB, 3.4 s. float16 errs by at most 2**-11 of a value (< 0.0005 on [0, 1] intensities,
+< 0.004 on z-scores below 8); fresh tables go through the same rounding, so a table is
+bit-identical whether just prepared or loaded from the cache.
 """
 
 from __future__ import annotations
@@ -96,7 +88,7 @@ def cache_path(dataset: Dataset, params: dict, cache_dir: str | os.PathLike | No
 
     The key covers the parameters, the dataset description, the importer and its settings, the
     source, the size and modification time of every file read (:meth:`Dataset.files`), the code of
-    this data package and the cache format: change any of them and the table is prepared afresh.
+    this data package and the cache format.
     """
     blob = json.dumps(
         {"name": dataset.info.name, "params": params, "source": dataset.source,
@@ -110,9 +102,8 @@ def cache_path(dataset: Dataset, params: dict, cache_dir: str | os.PathLike | No
 
 
 def _save(table: SliceTable, path: Path) -> None:
-    """Write ``table`` to ``path`` atomically (:func:`medseg_tutorial.files.atomic_write`)."""
+    """Write ``table`` to ``path`` atomically, uncompressed (timings in the module docstring)."""
     with atomic_write(path) as f:
-        # uncompressed: loading is a plain read (timings in the module docstring)
         np.savez(
             f, images=table.images.astype(np.float16), masks=table.masks, patient_ids=table.patient_ids.astype(str),
             slice_index=table.slice_index, spacing=table.spacing, meta=np.array(json.dumps(table.meta)),
@@ -143,11 +134,10 @@ def _load(path: Path, info: DatasetInfo) -> SliceTable:
 def _read_slices(dataset: Dataset, params: dict, norm_kw: dict, crop: tuple[int, int] | None,
                  progress: bool) -> tuple[dict[str, list], int]:
     """Read, check, normalise and resize every case: per-case arrays of the table's fields, and the case count."""
-    info, name = dataset.info, dataset.info.name
     parts: dict[str, list] = {k: [] for k in _ARRAYS}
     n_cases = 0
-    for case in tqdm(dataset.cases(), desc=f"prepare {name}", unit="case", disable=not progress):
-        case = checked_case(case, info, params["normalizer"], norm_kw)
+    for case in tqdm(dataset.cases(), desc=f"prepare {dataset.info.name}", unit="case", disable=not progress):
+        case = checked_case(case, dataset.info, params["normalizer"], norm_kw)
         image, mask, spacing = resize_slices(case.image, case.mask.astype(np.uint8), params["size"],
                                              mode=params["resize_mode"], spacing=case.spacing[1:], crop=crop)
         image = stack_context(image, params.get("context", 0))  # 2.5-D: neighbours of the same volume
@@ -167,9 +157,8 @@ def checked_case(case: Case, info: DatasetInfo, method: str, norm_kw: dict) -> C
     if case.mask is None:
         raise ValueError(f"{name}: case {case.patient_id} ({case.source}) has no mask; only labelled cases can be prepared")
     if case.mask.min() < 0 or case.mask.max() >= info.num_classes:
-        raise ValueError(
-            f"{name}: case {case.patient_id} ({case.source}) has labels outside 0..{info.num_classes - 1}"
-        )
+        raise ValueError(f"{name}: case {case.patient_id} ({case.source}) has labels outside "
+                         f"0..{info.num_classes - 1}")
     if case.image.shape[1] != info.in_channels:
         raise ValueError(f"{case.source}: case {case.patient_id} has {case.image.shape[1]} channels, dataset "
                          f"{name!r} has {info.in_channels} ({', '.join(info.channel_names)})")
@@ -211,42 +200,20 @@ def _check_arguments(size: tuple[int, int], keep_empty: float, resize_mode: str,
 
 
 def prepare_dataset(
-    name: str | Dataset,
-    root: str | os.PathLike | None = None,
-    size: tuple[int, int] = (128, 128),
-    keep_empty: float = 1.0,
-    cache_dir: str | os.PathLike | None = None,
-    seed: int = 0,
-    resize_mode: str = "letterbox",
-    window: str | tuple[float, float] | None = None,
-    progress: bool = True,
-    rebuild: bool = False,
-    crop: tuple[int, int] | None = None,
-    normalizer: str | None = None,
-    normalizer_params: dict | None = None,
-    context: int = 0,
+    name: str | Dataset, root: str | os.PathLike | None = None, size: tuple[int, int] = (128, 128),
+    keep_empty: float = 1.0, cache_dir: str | os.PathLike | None = None, seed: int = 0,
+    resize_mode: str = "letterbox", window: str | tuple[float, float] | None = None, progress: bool = True,
+    rebuild: bool = False, crop: tuple[int, int] | None = None, normalizer: str | None = None,
+    normalizer_params: dict | None = None, context: int = 0,
 ) -> SliceTable:
     """Prepare dataset ``name`` as a :class:`SliceTable` of normalised ``size`` slices, cached on disk.
 
-    Args:
-        name: a registered dataset (see ``list_datasets()``), or a :class:`~.registry.Dataset` such as
-            :func:`~.folder.folder_dataset` returns.
-        root: data root holding the download layouts (default ``$MEDSEG_DATA_ROOT``); only for a name.
-        size: (H, W) of every slice after :func:`resize_slices` with ``resize_mode``.
-        keep_empty: fraction of slices without foreground to keep (all foreground slices are kept).
-        cache_dir: cache folder (default ``$MEDSEG_CACHE_DIR`` or the OS cache).
-        seed: seeds the choice of empty slices.
-        window: CT window, a preset name or ``(level, width)``; only for CT in Hounsfield units.
-        progress: show a progress bar while reading cases.
-        rebuild: ignore an existing cache file and prepare afresh.
-        crop: first centre-crop (or pad) the native slices to ``(H, W)`` pixels, which zooms in on an
-            organ in the middle of the field of view (the heart in ACDC) before the resize to ``size``.
-        normalizer: an intensity normaliser of :mod:`.preprocess` (``scale_8bit``,
-            ``percentile_zscore``, ``minmax``, ``ct_window``, ``none``); ``None``: the default for the
-            dataset's modality (:func:`~.preprocess.default_normalizer`).
-        normalizer_params: its keyword arguments, e.g. ``{"low": 1, "high": 99}``.
-        context: 2.5-D: stack each slice with its ``context`` neighbours on either side of the same
-            volume as channels (:func:`~.preprocess.stack_context`), ``(2 context + 1) C`` channels.
+    ``name`` is a registered dataset or a :class:`~.registry.Dataset` (``root`` only applies to a
+    name). ``keep_empty`` is the fraction of slices without foreground kept (drawn with ``seed``);
+    ``window`` a CT window for Hounsfield units; ``crop`` first centre-crops the native slices to
+    ``(H, W)`` pixels (the heart in ACDC); ``normalizer=None`` is the modality's default
+    (:func:`~.preprocess.default_normalizer`); ``context`` stacks each slice with that many
+    neighbours on either side as channels (2.5-D, :func:`~.preprocess.stack_context`).
 
     Used in chapters 1, 3, 4, 6, 7 and 8.
     """
@@ -259,20 +226,16 @@ def prepare_dataset(
     info = dataset.info
     _check_arguments(size, keep_empty, resize_mode, crop, context)  # now rather than after minutes of reading
     method, norm_kw = _normalizer(info, normalizer, normalizer_params, window)
-    params = {
-        "size": [int(size[0]), int(size[1])],
-        "keep_empty": float(keep_empty),
-        "seed": int(seed),
-        "resize_mode": resize_mode,
-        "normalizer": method,
-        "window": list(norm_kw["window"]) if method == "ct_window" else None,
-    }
+    params = {"size": [int(size[0]), int(size[1])], "keep_empty": float(keep_empty), "seed": int(seed),
+              "resize_mode": resize_mode, "normalizer": method,
+              "window": list(norm_kw["window"]) if method == "ct_window" else None}
+    # the optional keys only when set, so that the keys of tables prepared without them stay what they were
     others = {k: v for k, v in norm_kw.items() if k != "window"}
-    if others:  # only when set, like crop
+    if others:
         params["normalizer_params"] = others
     if crop is not None:
         params["crop"] = [int(crop[0]), int(crop[1])]
-    if context:  # only when set, like crop: the keys of 2-D tables stay what they were
+    if context:
         params["context"] = int(context)
     path = cache_path(dataset, params, cache_dir)
     if path.exists() and not rebuild:
@@ -293,17 +256,11 @@ def prepare_dataset(
     arrays["images"] = arrays["images"].astype(np.float32)
     arrays["patient_ids"] = arrays["patient_ids"].astype(str)
 
-    meta = {
-        "dataset": info.name,
-        "params": params,
-        "source": dataset.source,
-        "counts": {"cases": n_cases, "patients": len(np.unique(arrays["patient_ids"])), **stats},
-        "package_version": __version__,
-        "code_version": _code_version(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "prepare_seconds": round(time.perf_counter() - start, 3),
-        "cache_format": CACHE_FORMAT,
-    }
+    meta = {"dataset": info.name, "params": params, "source": dataset.source,
+            "counts": {"cases": n_cases, "patients": len(np.unique(arrays["patient_ids"])), **stats},
+            "package_version": __version__, "code_version": _code_version(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "prepare_seconds": round(time.perf_counter() - start, 3), "cache_format": CACHE_FORMAT}
     table = SliceTable(info=info, meta=meta, **arrays)
     _save(table, path)
     table.meta["cache"] = {"path": str(path), "loaded_from_cache": False}

@@ -1,18 +1,11 @@
 """Preprocessing of imported cases: intensity normalisation, resizing and empty-slice selection.
 
-* Intensities: a small registry of normalisers (``scale_8bit``, ``percentile_zscore``, ``minmax``,
-  ``ct_window``, ``none``), chosen by name (``data.normalizer``) or, when none is named, from the
-  dataset's modality: CT in Hounsfield units is *windowed* (a level/width pair that maps a tissue
-  range to [0, 1]); 8-bit CT exports are scaled to [0, 1]; MRI has no absolute scale, so each
-  volume is clipped to its own 0.5-99.5 percentiles and z-scored, channel by channel; any other
-  modality (free text: US, microscopy, X-ray, ...) falls back to the same percentile z-score, which
-  works whatever the intensity range.
-* Size: networks want one fixed size. ``"letterbox"`` keeps the aspect ratio (resize the longest side,
-  then pad), ``"resize"`` stretches, ``"pad"`` only pads (or centre-crops). Masks are resized with
-  nearest-neighbour sampling so they never receive in-between label values; spacing follows the
-  resizing so that millimetre metrics (HD95) stay right.
-* Slices: :func:`select_slices` keeps every slice with foreground and a stated fraction of empty ones.
-* 2.5-D: :func:`stack_context` gives each slice its neighbours as extra channels (``data.context``).
+* Intensities: normalisers chosen by name (``data.normalizer``) or from the modality: CT in
+  Hounsfield units is windowed, 8-bit CT scaled to [0, 1]; MRI has no absolute scale, so it (and any
+  other modality) is clipped to its own 0.5-99.5 percentiles and z-scored, channel by channel.
+* Size: ``"letterbox"`` keeps the aspect ratio (resize the longest side, then pad), ``"resize"``
+  stretches, ``"pad"`` only pads (or centre-crops). Masks are resized nearest-neighbour, and spacing
+  follows the resizing so that millimetre metrics (HD95) stay right.
 """
 
 from __future__ import annotations
@@ -33,10 +26,7 @@ Normalizer = Callable[..., np.ndarray]  # (image (S, C, H, W), **params) -> floa
 
 # Common CT windows as (level, width) in HU. Soft tissue is the default for abdominal organs.
 CT_WINDOWS: dict[str, tuple[float, float]] = {
-    "soft_tissue": (40.0, 400.0),
-    "liver": (60.0, 160.0),
-    "lung": (-600.0, 1500.0),
-    "bone": (400.0, 1800.0),
+    "soft_tissue": (40.0, 400.0), "liver": (60.0, 160.0), "lung": (-600.0, 1500.0), "bone": (400.0, 1800.0),
     "brain": (40.0, 80.0),
 }
 
@@ -101,7 +91,6 @@ def percentile_zscore(image: np.ndarray, low: float = 0.5, high: float = 99.5) -
     """Per channel over the whole volume: clip to the ``low``/``high`` percentiles, then z-score.
 
     Clipping first stops a few hot voxels (flow artefacts, fat) from dominating mean and std.
-
     Used in chapter 3.
     """
     if not 0 <= low < high <= 100:
@@ -144,21 +133,14 @@ FALLBACK_NORMALIZER = "percentile_zscore"
 
 
 def default_normalizer(info: DatasetInfo) -> str:
-    """The normaliser a dataset gets when none is named: from its modality and intensity units.
-
-    CT: ``ct_window`` for Hounsfield units, else ``scale_8bit``; MRI and every other modality (free
-    text such as US, microscopy, X-ray): :data:`FALLBACK_NORMALIZER`.
-    """
+    """The normaliser when none is named: CT windowed (HU) or scaled (8-bit), else the fallback."""
     if info.modality == "CT":
         return "ct_window" if info.has_raw_hu else "scale_8bit"
     return FALLBACK_NORMALIZER
 
 
 def check_normalizer(method: str, params: dict | None = None) -> None:
-    """Raise ``ValueError`` unless ``method`` is registered and accepts ``params`` (checked on a tiny image).
-
-    Run when a config loads, so that a misspelt name or option fails at once, not after reading the data.
-    """
+    """Raise ``ValueError`` unless ``method`` is registered and accepts ``params`` (tried on a tiny image)."""
     if method not in _NORMALIZERS:
         raise ValueError(f"unknown normaliser {method!r}{did_you_mean(method, _NORMALIZERS)} "
                          f"(known: {', '.join(list_normalizers())})")
@@ -178,28 +160,18 @@ def check_normalizer(method: str, params: dict | None = None) -> None:
 
 
 def normalize_case(case: Case, info: DatasetInfo, method: str | None = None, **params) -> Case:
-    """Return a copy of ``case`` with normalised float32 intensities.
-
-    ``method`` defaults to :func:`default_normalizer`; ``params`` go to the normaliser, e.g.
-    ``window=(40, 400)`` for CT in HU or ``low=1, high=99`` for the MRI percentiles.
-    """
+    """A copy of ``case`` with float32 intensities normalised by ``method`` (default: the modality's)."""
     method = method or default_normalizer(info)
     if method not in _NORMALIZERS:
         raise ValueError(f"unknown normaliser {method!r}; known: {', '.join(list_normalizers())}")
     if "window" in params and method != "ct_window":
-        raise ValueError(
-            f"dataset {info.name!r}: a CT window applies only to CT in Hounsfield units (normaliser "
-            f"'ct_window'), not to {method!r}"
-        )
-    image = _NORMALIZERS[method](case.image, **params)
-    return dataclasses.replace(case, image=image)
+        raise ValueError(f"dataset {info.name!r}: a CT window applies only to CT in Hounsfield units "
+                         f"(normaliser 'ct_window'), not to {method!r}")
+    return dataclasses.replace(case, image=_NORMALIZERS[method](case.image, **params))
 
 
 def pad_or_crop(arr: np.ndarray, size: tuple[int, int], fill: np.ndarray | float) -> np.ndarray:
-    """Centre ``arr`` (..., H, W) in a ``size`` canvas filled with ``fill``; centre-crop what is larger.
-
-    ``fill`` broadcasts against ``arr.shape[:-2]`` (one value per channel is ``(C, 1, 1)``-shaped).
-    """
+    """Centre ``arr`` (..., H, W) in a ``size`` canvas filled with ``fill``; centre-crop what is larger."""
     h, w = arr.shape[-2:]
     out = np.empty((*arr.shape[:-2], *size), arr.dtype)
     out[...] = fill
@@ -219,7 +191,6 @@ def _interpolate(image: np.ndarray, mask: np.ndarray | None, size: tuple[int, in
     if mask is None:
         return img, None
     # "nearest-exact" samples pixel centres like bilinear does; plain "nearest" shifts by half a pixel
-    # (nearest works on uint8 directly, so labels are copied, never computed)
     m = F.interpolate(torch.from_numpy(np.ascontiguousarray(mask[:, None], np.uint8)), size=size, mode="nearest-exact")
     return img, m[:, 0].numpy().astype(mask.dtype, copy=False)
 
@@ -246,16 +217,11 @@ def resize_slices(
     fill: float | None = None,
     crop: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, tuple[float, float]]:
-    """Bring slices ``image`` (S, C, H, W) and ``mask`` (S, H, W) to ``size`` = (H', W').
+    """Bring slices ``image`` (S, C, H, W) and ``mask`` (S, H, W) to ``size``; spacing becomes (row, col) mm.
 
-    Modes: ``"letterbox"`` resizes so the longest side fits and pads the rest (aspect ratio kept);
-    ``"resize"`` stretches to ``size``; ``"pad"`` only pads, centre-cropping what is larger.
-    Padding uses ``fill`` for images (default: each channel's minimum, i.e. the background after
-    normalisation) and 0 (background) for masks. ``crop`` first centre-crops (or pads) the native
-    slices to ``(H, W)`` pixels, zooming in on an organ in the middle of the field of view.
-    Returns ``(image, mask, (row_mm, col_mm))``.
-
-    Used in chapter 10.
+    Padding uses ``fill`` for images (default: each channel's minimum, the background after
+    normalisation) and 0 for masks. ``crop`` first centre-crops (or pads) the native slices to
+    ``(H, W)`` pixels, zooming in on an organ in the middle of the field of view. Used in chapter 10.
     """
     if crop is not None:
         image, mask, spacing = resize_slices(image, mask, crop, mode="pad", spacing=spacing, fill=fill)
@@ -300,10 +266,8 @@ def stack_context(image: np.ndarray, k: int) -> np.ndarray:
 def select_slices(masks: np.ndarray, keep_empty: float = 1.0, seed: int = 0) -> tuple[np.ndarray, dict]:
     """Indices of the slices to keep: all with foreground plus ``keep_empty`` (0..1) of the empty ones.
 
-    Empty slices are drawn at random (seeded), ``round(keep_empty * n_empty)`` of them. Returns
-    ``(sorted indices, stats)`` with the counts, so a chapter can state exactly what was dropped.
-
-    Used in chapter 8.
+    ``round(keep_empty * n_empty)`` empty slices are drawn (seeded). Returns ``(sorted indices, stats)``
+    with the counts, so a chapter can state exactly what was dropped. Used in chapter 8.
     """
     if not 0.0 <= keep_empty <= 1.0:
         raise ValueError(f"keep_empty must be a fraction in [0, 1], got {keep_empty}")
@@ -314,13 +278,6 @@ def select_slices(masks: np.ndarray, keep_empty: float = 1.0, seed: int = 0) -> 
     n_keep = round(keep_empty * len(empty))
     kept_empty = np.random.default_rng(seed).choice(empty, size=n_keep, replace=False)
     indices = np.sort(np.concatenate([fg, kept_empty])).astype(np.int64)
-    stats = {
-        "slices": len(masks),
-        "foreground": len(fg),
-        "empty": len(empty),
-        "kept_empty": int(n_keep),
-        "dropped": len(empty) - int(n_keep),
-        "kept": len(indices),
-        "keep_empty": float(keep_empty),
-    }
+    stats = {"slices": len(masks), "foreground": len(fg), "empty": len(empty), "kept_empty": int(n_keep),
+             "dropped": len(empty) - int(n_keep), "kept": len(indices), "keep_empty": float(keep_empty)}
     return indices, stats

@@ -1,26 +1,15 @@
-"""A registry of datasets: a name maps to its description and an importer.
+"""A registry of datasets: a name maps to its description and an importer ``(root: Path) -> Iterator[Case]``.
 
-An importer is a function ``(root: Path) -> Iterator[Case]`` that reads one download layout.
-New datasets register themselves with :func:`register_dataset`, as smp does for encoders.
-
-The built-in importer modules and any plugin are imported here, once, on the first lookup: no
-other module has to import an importer for its datasets to exist.
-
-**Plugins.** A registration made in a Python session lasts as long as that process, so a later
-``medseg evaluate`` in a new process would not know the dataset. To make a dataset exist in every
-process, ship the module that registers it in a package and declare it in the
-``medseg_tutorial.datasets`` entry-point group, e.g. in that package's ``pyproject.toml``::
+The built-in importer modules and any plugin are imported here, once, on the first lookup. A
+registration lasts as long as its process; to make a dataset exist in every process (a later
+``medseg evaluate``), declare the module that registers it in the ``medseg_tutorial.datasets``
+entry-point group of its package's ``pyproject.toml``::
 
     [project.entry-points."medseg_tutorial.datasets"]
     my_scans = "my_package.medseg_datasets"      # importing the module calls register_dataset
 
-The module is imported on the first lookup (an ``:attr`` part of the value is ignored); a plugin
-that fails to import is reported with a warning naming it, and the other datasets still work.
-For images and masks in a plain folder no code is needed at all: see :mod:`.folder`.
-
-A :class:`Dataset` is what the rest of the package reads: the description, the importer and the
-folder it reads, whether it comes from the registry (:func:`get_dataset`) or was built from
-options (:func:`medseg_tutorial.data.folder.folder_dataset`).
+A plugin that fails to import is reported with a warning naming it. Images and masks in a plain
+folder need no code at all: see :mod:`.folder`.
 """
 
 from __future__ import annotations
@@ -123,9 +112,8 @@ def iter_cases(name: str, root: str | Path | None = None) -> Iterator[Case]:
 class Dataset:
     """A dataset ready to read: its description, its importer and the folder the importer is given.
 
-    ``source`` identifies what is read (a resolved folder, or ``<generated:NAME>`` for data made in
-    memory) and ``settings`` the importer's options; both go into the prepared-cache key and the
-    run folder, so that a dataset built from options (the ``folder`` dataset) needs no code later.
+    ``source`` and ``settings`` (the importer's options) go into the prepared-cache key and the run
+    folder, so that a dataset built from options (the ``folder`` dataset) needs no code later.
     """
 
     info: DatasetInfo
@@ -154,8 +142,8 @@ class Dataset:
     def files(self) -> list[Path]:
         """The files the dataset is read from (what the prepared-cache key fingerprints).
 
-        A :class:`~._io.FileLayout` importer lists exactly the files it reads; for any other
-        importer every file under the folder counts; generated data has none.
+        A :class:`~._io.FileLayout` lists exactly the files it reads; for another importer every file
+        under the folder counts.
         """
         if self.generated:
             return list(self.extra_files)

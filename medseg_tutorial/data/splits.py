@@ -1,13 +1,12 @@
 """Train/validation/test splits by patient, data-efficiency subsets, and the leakage demonstration.
 
-Slices of one patient are strongly correlated (neighbouring slices look almost alike), so a test
-set is only honest if none of its patients contributed a single slice to training.
-:func:`patient_split` splits patient ids; :func:`slice_split` is the *deliberately wrong* split by
-slices, kept to measure how much leakage inflates scores; :func:`leakage_report` counts the damage.
+Neighbouring slices of one patient look almost alike, so a test set is only honest if none of its
+patients gave a slice to training. :func:`slice_split` is the *deliberately wrong* split by slices.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -37,11 +36,10 @@ class Split:
 
     def __post_init__(self) -> None:
         subsets = {name: set(getattr(self, name)) for name in SUBSETS}
-        for i, a in enumerate(SUBSETS):
-            for b in SUBSETS[i + 1 :]:
-                shared = subsets[a] & subsets[b]
-                if shared:
-                    raise ValueError(f"patients in both {a} and {b}: {sorted(shared)[:5]}")
+        for a, b in itertools.combinations(SUBSETS, 2):
+            shared = subsets[a] & subsets[b]
+            if shared:
+                raise ValueError(f"patients in both {a} and {b}: {sorted(shared)[:5]}")
 
     def counts(self) -> dict[str, int]:
         """Number of patients per subset."""
@@ -75,8 +73,8 @@ def _subset_sizes(n: int, fractions: tuple[float, float, float]) -> list[int]:
 def _spread_labels(sizes: Sequence[int]) -> np.ndarray:
     """Subset labels 0/1/2 with the given counts, spread evenly along the sequence.
 
-    Label k's j-th occurrence sits at position (j + 0.5) / size_k; sorting by position interleaves
-    the subsets, so every contiguous block (one stratum) gets its fair share of each subset.
+    Label k's j-th occurrence sits at (j + 0.5) / size_k: sorting by position interleaves the subsets,
+    so every contiguous block (one stratum) gets its fair share of each.
     """
     keys = np.concatenate([(np.arange(s) + 0.5) / s for s in sizes if s > 0])
     labels = np.concatenate([np.full(s, k) for k, s in enumerate(sizes) if s > 0])
@@ -136,11 +134,8 @@ def slice_split(
 ) -> dict[str, np.ndarray]:
     """WRONG ON PURPOSE: split slice rows at random, ignoring which patient they belong to.
 
-    Neighbouring slices of one patient end up in training and test alike, so test scores are
-    inflated. This exists only to demonstrate leakage (see :func:`leakage_report`); never use it
-    to report results. Returns row indices per subset.
-
-    Used in chapter 3.
+    A patient's slices end up in training and test alike, so test scores are inflated. It exists only
+    to demonstrate leakage (:func:`leakage_report`); never report results with it. Used in chapter 3.
     """
     n = len(n_slices) if isinstance(n_slices, SliceTable) else int(n_slices)
     sizes = _subset_sizes(n, _check_fractions(fractions))
@@ -150,25 +145,21 @@ def slice_split(
 
 
 def leakage_report(table: SliceTable, split_indices: Mapping[str, np.ndarray] | Split) -> dict:
-    """Count patients (and their slices) that appear in more than one subset.
+    """Count patients (and their slices) that appear in more than one subset; a sound split has none.
 
     ``split_indices`` maps subset names to row indices of ``table`` (as :func:`slice_split` returns),
-    or is a :class:`Split`. A sound split reports ``leaking_patients == 0``.
-
-    Used in chapter 3.
+    or is a :class:`Split`. Used in chapter 3.
     """
     if isinstance(split_indices, Split):
         split_indices = split_indices.indices(table)
     patients = {name: set(table.patient_ids[np.asarray(idx, int)].tolist()) for name, idx in split_indices.items()}
-    names = list(patients)
     shared = {}
     leaking: set[str] = set()
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            both = patients[a] & patients[b]
-            shared[f"{a}&{b}"] = len(both)
-            leaking |= both
-    test_name = "test" if "test" in split_indices else names[-1]
+    for a, b in itertools.combinations(patients, 2):
+        both = patients[a] & patients[b]
+        shared[f"{a}&{b}"] = len(both)
+        leaking |= both
+    test_name = "test" if "test" in split_indices else list(patients)[-1]
     test_rows = np.asarray(split_indices[test_name], int)
     return {
         "patients": {name: len(p) for name, p in patients.items()},
@@ -187,16 +178,10 @@ def save_split(split: Split, path: str | os.PathLike, dataset: str | None = None
     Used in chapters 3, 7 and 8.
     """
     path = Path(path)
-    manifest = {
-        "format": SPLIT_FORMAT,
-        "dataset": dataset if dataset is not None else split.dataset,
-        "seed": split.seed,
-        "fractions": list(split.fractions),
-        "stratified": split.stratified,
-        "counts": split.counts(),
-        **{name: list(getattr(split, name)) for name in SUBSETS},
-        "extra": split.extra,
-    }
+    manifest = {"format": SPLIT_FORMAT, "dataset": dataset if dataset is not None else split.dataset,
+                "seed": split.seed, "fractions": list(split.fractions), "stratified": split.stratified,
+                "counts": split.counts(), **{name: list(getattr(split, name)) for name in SUBSETS},
+                "extra": split.extra}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return path

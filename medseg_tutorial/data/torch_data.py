@@ -1,14 +1,8 @@
 """PyTorch side of the data layer: a Dataset over a :class:`SliceTable`, augmentations and loaders.
 
-Augmentations use albumentations, which transforms an image and its mask *together* (a flip or
-rotation moves both; only the image gets intensity changes). Albumentations expects channel-last
-(H, W, C) arrays, while the table and PyTorch are channel-first, so the Dataset transposes on the
-way in and out.
-
-One albumentations detail matters here: its brightness/contrast and gamma transforms assume float
-images lie in [0, 1] and *clip* to that range. Our MRI intensities are z-scores (negative values are
-normal), so clipping would erase half the image. :class:`ScaleShiftIntensity` is a range-agnostic
-brightness/contrast change used instead.
+Albumentations transforms an image and its mask *together*, channel-last (H, W, C), so the Dataset
+transposes on the way in and out. Its brightness/contrast transforms *clip* float images to [0, 1],
+which would erase half of a z-scored MRI slice: :class:`ScaleShiftIntensity` is used instead.
 """
 
 from __future__ import annotations
@@ -43,10 +37,8 @@ class ScaleShiftIntensity(A.ImageOnlyTransform):
 
     def get_params(self) -> dict[str, float]:
         # self.py_random is seeded by A.Compose(seed=...), which keeps pipelines reproducible
-        return {
-            "factor": 1.0 + self.py_random.uniform(-self.contrast, self.contrast),
-            "shift": self.py_random.uniform(-self.brightness, self.brightness),
-        }
+        return {"factor": 1.0 + self.py_random.uniform(-self.contrast, self.contrast),
+                "shift": self.py_random.uniform(-self.brightness, self.brightness)}
 
     def apply(self, img: np.ndarray, factor: float = 1.0, shift: float = 0.0, **params: Any) -> np.ndarray:
         mean = img.mean(axis=(0, 1), keepdims=True)
@@ -68,14 +60,10 @@ def train_transform(
 ) -> A.Compose:
     """Training augmentations for slices of ``size`` = (H, W).
 
-    Pipeline: pad/randomly crop to ``size`` (a no-op when prepare already produced that size),
-    left-right flip (``"medium"`` adds up-down flips), a small random affine (rotation and scale,
-    ``"medium"`` also shifts), and a contrast/brightness change. Geometric transforms move image and
-    mask together; the mask is resampled nearest-neighbour (labels stay labels), and uncovered
-    pixels are filled with ``fill`` in the image and background (0) in the mask. ``seed`` seeds the
-    pipeline; :func:`make_loader` reseeds it per worker.
-
-    Used in chapter 8.
+    Pad/randomly crop to ``size`` (a no-op after prepare), flips, a small random affine and a
+    contrast/brightness change. The mask is resampled nearest-neighbour; uncovered pixels get
+    ``fill`` in the image and background (0) in the mask. :func:`make_loader` reseeds the pipeline
+    per worker. Used in chapter 8.
     """
     if strength not in AUGMENT_STRENGTHS:
         raise ValueError(f"unknown augmentation strength {strength!r}; use one of {sorted(AUGMENT_STRENGTHS)}")
@@ -88,17 +76,10 @@ def train_transform(
     if s["vflip"]:
         transforms.append(A.VerticalFlip(p=0.5))
     transforms += [
-        A.Affine(
-            rotate=(-s["rotate"], s["rotate"]),
-            scale=s["scale"],
-            translate_percent=(-s["translate"], s["translate"]) if s["translate"] else None,
-            interpolation=cv2.INTER_LINEAR,
-            mask_interpolation=cv2.INTER_NEAREST,
-            border_mode=cv2.BORDER_CONSTANT,
-            fill=fill,
-            fill_mask=0,
-            p=0.7,
-        ),
+        A.Affine(rotate=(-s["rotate"], s["rotate"]), scale=s["scale"],
+                 translate_percent=(-s["translate"], s["translate"]) if s["translate"] else None,
+                 interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
+                 border_mode=cv2.BORDER_CONSTANT, fill=fill, fill_mask=0, p=0.7),
         ScaleShiftIntensity(contrast=s["intensity"], brightness=s["intensity"], p=0.5),
     ]
     return A.Compose(transforms, seed=seed)
@@ -110,13 +91,10 @@ def eval_transform() -> A.Compose:
 
 
 class SegmentationDataset(Dataset):
-    """Rows of a :class:`SliceTable` as tensors for training.
+    """Rows ``indices`` of a :class:`SliceTable` as tensors, through an albumentations ``transform``.
 
     Each item is ``dict(image=FloatTensor (C, H, W), mask=LongTensor (H, W), patient_id=str,
-    slice_index=int)``. ``indices`` picks rows (e.g. one subset of a patient split);
-    ``transform`` is an albumentations pipeline applied jointly to image and mask.
-
-    Used in chapters 6 and 8.
+    slice_index=int)``. Used in chapters 6 and 8.
     """
 
     def __init__(self, table: SliceTable, indices: np.ndarray | list[int] | None = None, transform=None):
@@ -155,9 +133,8 @@ def _available_cpus() -> int:
 def default_num_workers() -> int:
     """Loader workers: 0 on machines with <= 2 cores, else ``min(4, cores - 1)``.
 
-    The table already sits in memory and 2-D augmentation costs well under a millisecond per
-    slice, so a few workers keep a GPU fed; on 2 cores, worker processes would only compete with
-    the training process (and cost start-up time), so loading stays in the main process.
+    The table sits in memory and 2-D augmentation costs well under a millisecond per slice, so a few
+    workers keep a GPU fed; on 2 cores they would only compete with the training process.
     """
     n = _available_cpus()
     return 0 if n <= 2 else min(4, n - 1)
@@ -191,10 +168,7 @@ def make_loader(
     """A reproducible :class:`DataLoader`: seeded shuffling and seeded augmentation per worker.
 
     ``num_workers=None`` picks :func:`default_num_workers`; ``pin_memory=None`` pins when CUDA is
-    available. With ``num_workers=0`` the dataset's pipeline is reseeded from ``seed`` here, so
-    runs repeat exactly.
-
-    Used in chapters 6 and 8.
+    available. With ``num_workers=0`` the pipeline is reseeded from ``seed`` here. Used in chapters 6 and 8.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -204,14 +178,6 @@ def make_loader(
     transform = getattr(dataset, "transform", None)
     if num_workers == 0 and hasattr(transform, "set_random_seed"):
         transform.set_random_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        drop_last=drop_last,
-        generator=generator,
-        worker_init_fn=seed_worker,
-        persistent_workers=persistent_workers and num_workers > 0,
-    )
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      pin_memory=pin_memory, drop_last=drop_last, generator=generator,
+                      worker_init_fn=seed_worker, persistent_workers=persistent_workers and num_workers > 0)

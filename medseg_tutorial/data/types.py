@@ -58,8 +58,23 @@ class Case:
             self.slice_index = np.arange(self.image.shape[0])
 
 
+class PatientRows:
+    """Rows (slices or volumes) by patient, for the tables whose ``patient_ids`` has one entry a row."""
+
+    patient_ids: np.ndarray
+
+    @property
+    def patients(self) -> list[str]:
+        """Patient ids in order of first appearance."""
+        return list(dict.fromkeys(self.patient_ids.tolist()))
+
+    def rows_for(self, patients: list[str] | set[str]) -> np.ndarray:
+        """Indices of the rows that belong to ``patients``."""
+        return np.flatnonzero(np.isin(self.patient_ids, list(patients)))
+
+
 @dataclass
-class SliceTable:
+class SliceTable(PatientRows):
     """Prepared 2-D samples of one dataset: what training and evaluation read."""
 
     images: np.ndarray  # float32 (N, C, H, W), normalised
@@ -73,18 +88,9 @@ class SliceTable:
     def __len__(self) -> int:
         return len(self.images)
 
-    @property
-    def patients(self) -> list[str]:
-        """Patient ids in order of first appearance."""
-        return list(dict.fromkeys(self.patient_ids.tolist()))
-
     def subset(self, indices: np.ndarray) -> SliceTable:
         """Rows ``indices`` as a new table (arrays are views or copies, info shared)."""
         return SliceTable(
             self.images[indices], self.masks[indices], self.patient_ids[indices],
             self.slice_index[indices], self.spacing[indices], self.info, dict(self.meta),
         )
-
-    def rows_for(self, patients: list[str] | set[str]) -> np.ndarray:
-        """Indices of the slices that belong to ``patients``."""
-        return np.flatnonzero(np.isin(self.patient_ids, list(patients)))

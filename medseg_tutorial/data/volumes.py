@@ -1,14 +1,9 @@
 """Whole volumes for 3-D training (chapter 10): the arrays, no torch.
 
-A :class:`VolumeTable` is the 3-D sibling of :class:`~.types.SliceTable`: every labelled volume of a
-dataset at its **native grid**, channel-first ``(C, S, H, W)`` as MONAI lays volumes out (the slice
-axis S is the depth D of a 3-D network), normalised per volume by the same normaliser as the 2-D
-slices (:mod:`.preprocess`). Nothing is resized: a 3-D network trains on random patches
-(``data.patch``) and predicts a whole volume with a sliding window, so it is scored on the voxels
-the labels were drawn on. Volumes are not thinned out either (``data.keep_empty`` is a 2-D setting).
-
-The table is not cached: MSD Hippocampus (260 volumes of about 36 x 50 x 35 voxels, 18 MB as
-float32) is read and normalised in a few seconds, about what loading a prepared slice cache takes.
+A :class:`VolumeTable` holds every labelled volume at its **native grid**, channel-first
+``(C, S, H, W)`` as MONAI lays volumes out, normalised as the 2-D slices are. Nothing is resized: a
+3-D network trains on patches and predicts with a sliding window, so it is scored on the voxels the
+labels were drawn on. Not cached: MSD Hippocampus (18 MB) reads in a few seconds.
 """
 
 from __future__ import annotations
@@ -21,11 +16,11 @@ from tqdm.auto import tqdm
 
 from .prepare import checked_case
 from .registry import Dataset
-from .types import DatasetInfo
+from .types import DatasetInfo, PatientRows
 
 
 @dataclass
-class VolumeTable:
+class VolumeTable(PatientRows):
     """Normalised native volumes of one dataset: what 3-D training and validation read. Used in chapter 10."""
 
     images: list[np.ndarray]  # float32 (C, S, H, W) each; sizes differ from volume to volume
@@ -37,15 +32,6 @@ class VolumeTable:
 
     def __len__(self) -> int:
         return len(self.images)
-
-    @property
-    def patients(self) -> list[str]:
-        """Patient ids in order of first appearance."""
-        return list(dict.fromkeys(self.patient_ids.tolist()))
-
-    def rows_for(self, patients: list[str] | set[str]) -> np.ndarray:
-        """Indices of the volumes that belong to ``patients``."""
-        return np.flatnonzero(np.isin(self.patient_ids, list(patients)))
 
 
 def read_volumes(dataset: Dataset, normalizer: str, normalizer_params: dict | None = None,
@@ -69,9 +55,8 @@ def pad_volume(image: np.ndarray, mask: np.ndarray | None, size: Sequence[int]
                ) -> tuple[np.ndarray, np.ndarray | None, tuple[slice, slice, slice]]:
     """Pad ``image`` (C, S, H, W) and ``mask`` (S, H, W) to at least ``size`` = (D, H, W), centred.
 
-    The image is padded with each channel's minimum (its background after normalisation, as the 2-D
-    letterbox does), the mask with 0. Axes already as large stay as they are. Returns the padded
-    arrays and the slices that cut the original back out of a padded (..., D, H, W) array.
+    The image is padded with each channel's minimum, the mask with 0. Returns the padded arrays and
+    the slices that cut the original back out of a padded (..., D, H, W) array.
     """
     before = [max(int(want) - have, 0) // 2 for want, have in zip(size, image.shape[1:])]
     after = [max(int(want) - have, 0) - b for want, have, b in zip(size, image.shape[1:], before)]
