@@ -1,7 +1,6 @@
 """From a :class:`~medseg_tutorial.config.Config` to the objects a run needs (chapter 8's recipe, steps 2-4).
 
-The trainer, the LR range test and the benchmark build their model, loss, optimizer, schedule and
-training step here, so the three can never drift apart.
+The trainer, the LR range test and the benchmark build them here, so the three can never drift apart.
 """
 
 from __future__ import annotations
@@ -24,10 +23,7 @@ __all__ = ["build_loss", "build_network", "build_optimizer", "build_scheduler", 
 
 
 def build_network(cfg: Config, device: torch.device) -> tuple[nn.Module, StrategyPlan]:
-    """Build the model, apply the transfer-learning strategy, move it to ``device``.
-
-    Used in chapter 10.
-    """
+    """Build the model, apply the transfer-learning strategy, move it to ``device``. Used in chapter 10."""
     mc = cfg.model
     if mc.source is not None and not (mc.weights and str(mc.weights).endswith((".pt", ".safetensors", ".pth"))):
         raise ConfigError(f"model.source: {mc.source!r} names an experiment's source run; `medseg experiment` "

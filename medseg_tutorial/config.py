@@ -1,27 +1,20 @@
-"""Typed experiment configs: a YAML file validated into dataclasses.
+"""Typed experiment configs: a YAML file validated into dataclasses, whose type hints are the schema.
 
-A config file has one mapping per section (``data``, ``model``, ``strategy``, ``loss``, ``optim``,
-``train``, ``output``) and may name ``presets``: partial configs merged on top of the file, e.g. a
-``quick`` preset for a CPU and a ``full`` one for a GPU::
+One mapping per section (``data``, ``model``, ``strategy``, ``loss``, ``optim``, ``train``,
+``output``), and ``presets``: partial configs merged on top, e.g. ``quick`` (CPU) and ``full`` (GPU)::
 
     cfg = load_config("configs/hippocampus.yaml", ["preset=quick", "train.epochs=2"])
 
-Every value is checked against its type and range; a mistake names the key and, for a misspelt
-key, suggests the closest one. Values left as ``null`` (``model.in_channels``, ``model.classes``,
-``loss.mode``, ``data.normalizer``) are filled in from the dataset's registry entry. No pydantic:
-the type hints of the dataclasses below are the schema.
-
-Your own images need no code: ``data.dataset: folder`` with ``data.path: DIR`` and the
-``data.folder`` section (:class:`~medseg_tutorial.data.folder.FolderOptions`, ``configs/folder.yaml``).
-What is detected from the folder (layout, class names, channels) is written into the resolved
-config, so the ``config.yaml`` of a run rebuilds the same dataset in any later process.
+``null`` values are filled in from the dataset when the config is resolved; what is detected from
+your own folder (``data.dataset: folder``) is written in too, so a run's ``config.yaml`` rebuilds
+the same dataset in any later process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
-import difflib
 import math
 import os
 import types
@@ -36,6 +29,8 @@ from .data.folder import FOLDER, FolderOptions, folder_dataset
 from .data.preprocess import check_normalizer, default_normalizer
 from .data.registry import get_dataset
 from .errors import ConfigError
+from .names import did_you_mean
+from .paths import REPO
 
 if TYPE_CHECKING:
     from .data.registry import Dataset
@@ -44,16 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Config", "load_config"]
 
-AmpMode = Literal["auto", "bf16", "fp16", "off"]
-LossMode = Literal["binary", "multiclass", "multilabel", "region"]
-Augment = Literal["none", "light", "medium"]
-AugmentOn = Literal["cpu", "device"]
-SplitMode = Literal["patient", "slice"]
-InputNorm = Literal["none", "encoder"]
-Inflate = Literal["i3d", "acs"]
 MONAI_UNET = "monai_unet"  # models.build.MONAI_UNET_NAME: MONAI's U-Net, the 3-D baseline from scratch
-
-
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -63,15 +49,14 @@ MONAI_UNET = "monai_unet"  # models.build.MONAI_UNET_NAME: MONAI's U-Net, the 3-
 class DataConfig:
     """Which dataset, how it is prepared and how patients are split."""
 
-    dataset: str = "phantom"  # a registered dataset name (``medseg data list``), or "folder" (your own, data.path)
+    dataset: str = "phantom"  # a registered name (``medseg data list``), or "folder" (your own, data.path)
     path: str | None = None  # the folder of the "folder" dataset (a path given as data.dataset is read as this)
     folder: FolderOptions | None = None  # how that folder is read (configs/folder.yaml); None: all detected
     root: str | None = None  # raw-data root of registered datasets; None means $MEDSEG_DATA_ROOT
-    # intensity normaliser (data.preprocess: scale_8bit, percentile_zscore, minmax, ct_window, none);
-    # None: the default for the dataset's modality, filled in when the config is resolved
+    # scale_8bit, percentile_zscore, minmax, ct_window or none (data.preprocess); None: the modality's default
     normalizer: str | None = None
     normalizer_params: dict[str, Any] = field(default_factory=dict)  # its options, e.g. {low: 1, high: 99}
-    rebuild: bool = False  # prepare the slices afresh even when a cached table matches (medseg data prepare --rebuild)
+    rebuild: bool = False  # prepare the slices afresh even when a cached table matches
     size: tuple[int, int] = (64, 64)  # (H, W) every slice is resized to
     crop: tuple[int, int] | None = None  # centre-crop (H, W) of the native slices before resizing
     keep_empty: float = 1.0  # fraction of the TRAINING slices without foreground that are kept (val/test: all)
@@ -79,23 +64,16 @@ class DataConfig:
     seed: int = 0  # seed of the patient split and of slice subsampling
     label_fraction: float = 1.0  # fraction of training patients whose labels are used
     split_file: str | None = None  # a saved split manifest (JSON) overrides fractions and seed
-    augment: Augment = "light"  # training augmentation strength (data.torch_data.train_transform)
-    # "cpu": albumentations in the DataLoader; "device": the training slices are kept on the training
-    # device and augmented there in batches (data.gpu_augment; same distributions, for small 2-D datasets)
-    augment_on: AugmentOn = "cpu"
-    # "patient": whole patients are held out for validation (correct). "slice": the training and
-    # validation patients' slices are pooled and the validation slices drawn from the pool at random
-    # (loaders.leaky_slice_split) -- WRONG ON PURPOSE, for the leakage chapter. The test patients are
-    # held out in both modes.
-    split_mode: SplitMode = "patient"
+    augment: Literal["none", "light", "medium"] = "light"  # strength of data.torch_data.train_transform
+    # "device": the slices are kept and augmented in batches on the training device (tools.gpu_augment)
+    augment_on: Literal["cpu", "device"] = "cpu"
+    # "slice": validation slices drawn at random from the pooled train + val patients, WRONG ON PURPOSE
+    split_mode: Literal["patient", "slice"] = "patient"
     cache_dir: str | None = None  # prepared-slice cache; None means $MEDSEG_CACHE_DIR
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of prepare_dataset
-    # 2.5-D (chapter 10): each slice goes in with its `context` neighbours on either side (same volume,
-    # edge slices repeated) as extra channels: 2 context + 1 slices; model.in_channels follows
+    # 2.5-D (chapter 10): `context` neighbouring slices on either side as extra channels (edges repeated)
     context: int = 0
-    # 3-D (model.dims 3, chapter 10): (D, H, W) of the random training patches (volumes smaller than
-    # that are padded) and the window of sliding-window inference; volumes stay at their native grid,
-    # so data.size, data.keep_empty and data.crop do not apply
+    # 3-D (chapter 10): (D, H, W) of the training patches and the inference window (native grid: no size/crop)
     patch: tuple[int, int, int] | None = None
 
     def prepare(self, progress: bool = False) -> SliceTable:
@@ -181,24 +159,19 @@ class ModelConfig:
     arch: str = "unet"  # an smp architecture (models.build.ARCHS), or "monai_unet" (MONAI's, from scratch)
     encoder: str = "efficientnet-lite0"
     weights: str | None = "imagenet"  # "imagenet", None (random init) or a path to a checkpoint
-    # experiments only: start from the best checkpoint of the experiment's ``sources.NAME`` run
-    # (``medseg experiment`` trains it and sets ``weights`` to its file)
+    # experiments only: the best checkpoint of run ``sources.NAME`` (``medseg experiment`` sets weights)
     source: str | None = None
     # from a checkpoint: "encoder" loads the encoder only; "auto" also the decoder and head where they fit
     transfer: Literal["auto", "encoder"] = "auto"
     in_channels: int | None = None  # None: the dataset's channel count
     classes: int | None = None  # output channels; None: 1 for a binary task, else the class count
-    # "none" feeds the prepared slices as they are (z-scored MRI, windowed CT); "encoder" applies the
-    # pretrained encoder's mean/std (models.input_normalization), which assumes 0-1 intensities
-    input_norm: InputNorm = "none"
+    # "encoder": the pretrained encoder's mean/std (for 0-1 intensities); "none": the slices as prepared
+    input_norm: Literal["none", "encoder"] = "none"
     smp_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {decoder_use_norm: identity}
-    # chapter 10: 3 trains on volumes (N, C, D, H, W); with an smp Unet, `inflate` says how its 2-D
-    # layers become 3-D (models.inflate: "i3d" repeats each kernel over depth, "acs" applies it in the
-    # axial, coronal and sagittal planes), from the ImageNet weights or, with weights null, from scratch
+    # 3: volumes, chapter 10; an smp Unet is inflated (models.inflate: "i3d" over depth, "acs" in 3 planes)
     dims: Literal[2, 3] = 2
-    inflate: Inflate = "i3d"
-    # keyword arguments of monai_unet (channels, strides, num_res_units, ...; defaults: models.build.MONAI_UNET)
-    params: dict[str, Any] = field(default_factory=dict)
+    inflate: Literal["i3d", "acs"] = "i3d"
+    params: dict[str, Any] = field(default_factory=dict)  # monai_unet's (channels, strides, num_res_units)
 
     def _check(self) -> None:
         _require(self.in_channels is None or self.in_channels >= 1, "model.in_channels", self.in_channels, "must be >= 1")
@@ -231,7 +204,8 @@ class LossConfig:
     """The loss (``medseg_tutorial.losses.build_loss``)."""
 
     name: str | None = None  # None: "dice_bce" for a binary task, "dice_ce" otherwise
-    mode: LossMode | None = None  # None: binary for 2 classes, multiclass otherwise
+    # None: binary for 2 classes, multiclass otherwise
+    mode: Literal["binary", "multiclass", "multilabel", "region"] | None = None
     weights: list[float] | None = None  # per-class weights, passed as ``class_weights`` (CE-type losses)
     params: dict[str, Any] = field(default_factory=dict)  # other keyword arguments of build_loss
 
@@ -290,7 +264,7 @@ class TrainConfig:
     batch_size: int = 8  # per process; the global batch is batch_size * world_size * accumulate
     accumulate: int = 1  # gradient accumulation steps per optimizer step
     clip_grad: float | None = 1.0  # max global gradient norm; None disables clipping
-    amp: AmpMode = "auto"  # auto: bf16 where supported, else fp16 on CUDA, off on CPU/MPS
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 or fp16 on CUDA, off on CPU/MPS
     channels_last: bool = False  # NHWC memory layout (faster convolutions on recent GPUs)
     compile: bool = False  # torch.compile the model
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
@@ -383,11 +357,8 @@ class Config:
         return path
 
     def resolved(self) -> Config:
-        """A copy with the ``null`` = automatic values filled in from the dataset's registry entry.
-
-        Also checks every name (dataset, encoder, architecture, strategy, loss, optimizer,
-        scheduler) against its registry, so a typo fails here and not an hour into a run.
-        """
+        """A copy with the ``null`` values filled in from the dataset, and every name checked by its builder
+        (so a typo fails here, not an hour into a run)."""
         cfg = copy.deepcopy(self)
         info = _resolve_dataset(cfg.data)
         if cfg.loss.mode is None:
@@ -406,10 +377,8 @@ class Config:
                               f"dataset {cfg.data.dataset!r} ({info.num_classes} labels {list(info.class_names)}) "
                               f"needs {needed}; leave it null to have it filled in")
         if cfg.loss.weights is not None and len(cfg.loss.weights) != info.num_classes:
-            raise ConfigError(
-                f"loss.weights: {len(cfg.loss.weights)} weights given but dataset "
-                f"{cfg.data.dataset!r} has {info.num_classes} classes {info.class_names}"
-            )
+            raise ConfigError(f"loss.weights: {len(cfg.loss.weights)} weights given but dataset "
+                              f"{cfg.data.dataset!r} has {info.num_classes} classes {info.class_names}")
         _check_names(cfg)
         return cfg
 
@@ -425,7 +394,6 @@ class Config:
                               f"known: {', '.join('{' + k + '}' for k in fields)}") from None
 
 
-
 # --- loading -------------------------------------------------------------------------------------
 
 
@@ -434,38 +402,23 @@ def find_config(name: str | os.PathLike) -> Path:
     path = Path(name)
     if path.is_file():
         return path
-    here = Path(__file__).resolve().parent
     stem = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
-    for folder in (Path.cwd() / "configs", here.parent / "configs", here / "configs"):
+    for folder in (Path.cwd() / "configs", REPO / "configs"):
         if (folder / stem).is_file():
             return folder / stem
     raise FileNotFoundError(f"config {str(name)!r} not found (looked for the file and for configs/{stem})")
 
 
-def load_config(
-    path: str | os.PathLike | dict[str, Any],
-    overrides: list[str] | None = None,
-    preset: str | None = None,
-    resolve: bool = True,
-) -> Config:
-    """Read a YAML config, apply a preset and ``key=value`` overrides, validate it.
+def load_config(path: str | os.PathLike | dict[str, Any], overrides: list[str] | None = None,
+                preset: str | None = None, resolve: bool = True) -> Config:
+    """Read a YAML config (a file, a shipped name such as ``"phantom"``, or a mapping), apply a preset and
+    ``key=value`` overrides, validate it.
 
-    Args:
-        path: a YAML file, a shipped config name (``"phantom"``), or an already-parsed mapping.
-        overrides: dotted assignments such as ``["train.epochs=2", "optim.lr=3e-4"]``; values are
-            parsed as YAML (``null``, ``[128, 128]``, ``true``). ``preset=quick`` selects a preset.
-        preset: name of an entry of the file's ``presets`` mapping (an override wins over this).
-        resolve: fill in automatic values from the dataset registry (needs the dataset registered).
-
+    Override values are YAML (``null``, ``[128, 128]``, ``true``); ``preset=NAME`` among them wins over
+    ``preset``. ``resolve`` fills in the automatic values (the dataset must be registered).
     Used in chapters 7, 8 and 10.
     """
-    if isinstance(path, dict):
-        raw = copy.deepcopy(path)
-    else:
-        file = find_config(path)
-        raw = read_yaml(file)
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{file}: a config must be a mapping of sections, got {type(raw).__name__}")
+    raw = copy.deepcopy(path) if isinstance(path, dict) else read_yaml(find_config(path))
     presets = raw.pop("presets", None) or {}
     if not isinstance(presets, dict):
         raise ConfigError("presets: must map preset names to partial configs")
@@ -474,7 +427,7 @@ def load_config(
     preset = next((value for key, value in parsed if key == ["preset"]), preset)
     if preset is not None:
         if preset not in presets:
-            hint = _did_you_mean(str(preset), presets)
+            hint = did_you_mean(preset, presets)
             raise ConfigError(f"preset: unknown preset {preset!r}{hint}; this config has: {', '.join(presets) or 'none'}")
         raw = deep_merge(raw, presets[preset])
         raw["preset"] = preset
@@ -484,8 +437,9 @@ def load_config(
     return Config.from_dict(raw, resolve=resolve)
 
 
-def read_yaml(file: str | os.PathLike) -> Any:
-    """The YAML in ``file``; a binary file or a syntax error is a ConfigError naming the file and line."""
+def read_yaml(file: str | os.PathLike) -> dict[str, Any]:
+    """The mapping in YAML ``file``; anything else, a binary file or a syntax error is a ConfigError naming
+    the file (and line)."""
     file = Path(file)
     try:
         text = file.read_text(encoding="utf-8")
@@ -494,12 +448,15 @@ def read_yaml(file: str | os.PathLike) -> Any:
     if "\x00" in text:
         raise ConfigError(f"{file}: not a text file (a YAML config is UTF-8 text)")
     try:
-        return yaml.safe_load(text) or {}
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{file}:{mark.line + 1}" if mark is not None else str(file)
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: a config must be a mapping of sections, got {type(raw).__name__}")
+    return raw
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
@@ -546,17 +503,19 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any] | None) -> dict[str,
     return out
 
 
+def diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested mappings (e.g. two ``Config.to_dict()``)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in sorted(set(a) | set(b)) for k in diff(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
 # --- validation: dataclass type hints are the schema ----------------------------------------------
 
 
 def _require(ok: bool, key: str, value: Any, why: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {why} (got {value!r})")
-
-
-def _did_you_mean(key: str, choices: Any) -> str:
-    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
@@ -571,7 +530,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     kwargs = {}
     for key, value in raw.items():
         if key not in names:
-            hint = _did_you_mean(f"{prefix}{key}", [prefix + n for n in names])
+            hint = did_you_mean(f"{prefix}{key}", [prefix + n for n in names])
             raise ConfigError(f"{prefix}{key}: unknown key{hint} "
                               f"(known in {where}: {', '.join(names)})")
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
@@ -579,6 +538,9 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     if hasattr(obj, "_check"):
         obj._check()
     return obj
+
+
+_EXPECTED = {bool: "true or false", int: "an integer", str: "a string"}
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -603,42 +565,30 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             value = "on" if value else "off"  # YAML 1.1 reads an unquoted off/on as false/true
         if value not in args:
             raise ConfigError(f"{key}: must be one of {', '.join(map(repr, args))} (got {value!r})"
-                              f"{_did_you_mean(str(value), [str(a) for a in args])}")
+                              f"{did_you_mean(value, args)}")
         return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp in _EXPECTED:  # bool, int, str: exactly that type (a bool is no integer)
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise ConfigError(f"{key}: expected {_EXPECTED[tp]}, got {value!r}")
         return value
     if tp is float:
         # PyYAML reads "1e-3" as a string (YAML 1.1 wants "1.0e-3"); accept it, it is what people write
         if isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         if not math.isfinite(value):
             raise ConfigError(f"{key}: must be a finite number, got {value!r}")
         return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list ({_type_name(tp)}), got {value!r}")
-        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(value) != len(args):
-                raise ConfigError(f"{key}: expected {len(args)} values ({_type_name(tp)}), got {value!r}")
-            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        item = args[0] if args else Any
-        items = [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+        if origin is list:
+            return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+        if len(value) != len(args):  # the schema's tuples have a fixed length
+            raise ConfigError(f"{key}: expected {len(args)} values ({_type_name(tp)}), got {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
@@ -660,15 +610,12 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-# --- registry lookups -----------------------------------------------------------------------------
+# --- registry and dataset lookups -------------------------------------------------------------
 
 
 def _check_names(cfg: Config) -> None:
-    """Every name (and strategy parameter) is looked up by the builder that will use it, here, once.
-
-    The builders raise ``KeyError``/``ValueError``/``TypeError`` naming what is known; this turns their
-    message into a :class:`ConfigError` that names the config key.
-    """
+    """Every name and parameter mapping is checked once, here, by the builder that will use it; its
+    ``KeyError``/``ValueError``/``TypeError`` becomes a :class:`ConfigError` naming the config key."""
     from . import losses, optim, strategies
     from .models import build
 
@@ -718,9 +665,8 @@ def _dummy_optimizer(cfg: Config, optim: Any) -> Any:
 
 
 # prepare_dataset arguments that have a key of their own in the data section
-_OWN_KEYS = {"root": "data.root", "size": "data.size", "keep_empty": "data.keep_empty", "cache_dir": "data.cache_dir",
-             "seed": "data.seed", "crop": "data.crop", "rebuild": "data.rebuild", "normalizer": "data.normalizer",
-             "normalizer_params": "data.normalizer_params", "context": "data.context"}
+_OWN_KEYS = {"root", "size", "keep_empty", "cache_dir", "seed", "crop", "rebuild", "normalizer",
+             "normalizer_params", "context"}
 
 
 def _check_options(options: dict[str, Any]) -> None:
@@ -728,21 +674,14 @@ def _check_options(options: dict[str, Any]) -> None:
 
     from .data.prepare import prepare_dataset
 
-    own = sorted(set(options) & set(_OWN_KEYS))
+    own = sorted(set(options) & _OWN_KEYS)
     if own:
-        raise KeyError(f"{own[0]!r} has a key of its own: set {_OWN_KEYS[own[0]]} instead")
+        raise KeyError(f"{own[0]!r} has a key of its own: set data.{own[0]} instead")
     # the rest of prepare_dataset's arguments may go here
-    allowed = set(inspect.signature(prepare_dataset).parameters) - set(_OWN_KEYS) - {"name", "progress"}
+    allowed = set(inspect.signature(prepare_dataset).parameters) - _OWN_KEYS - {"name", "progress"}
     unknown = sorted(set(options) - allowed)
     if unknown:
-        raise KeyError(f"unknown option {unknown[0]!r}{_did_you_mean(unknown[0], allowed)} (known: {', '.join(sorted(allowed))})")
-
-
-def diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested mappings (e.g. two ``Config.to_dict()``)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [k for key in sorted(set(a) | set(b)) for k in diff(a.get(key), b.get(key), f"{prefix}{key}.")]
-    return [] if a == b else [prefix.rstrip(".")]
+        raise KeyError(f"unknown option {unknown[0]!r}{did_you_mean(unknown[0], allowed)} (known: {', '.join(sorted(allowed))})")
 
 
 def _check_normalizer(dc: DataConfig) -> None:
@@ -751,9 +690,6 @@ def _check_normalizer(dc: DataConfig) -> None:
     if dc.options.get("window") is not None and method != "ct_window":
         raise ValueError(f"data.options.window is a CT window, but the normaliser is {method!r}")
     check_normalizer(method, params)
-
-
-# --- dataset lookup ------------------------------------------------------------------------------
 
 
 def _resolve_dataset(dc: DataConfig) -> DatasetInfo:
@@ -765,7 +701,7 @@ def _resolve_dataset(dc: DataConfig) -> DatasetInfo:
         dataset = dc.source()
     except KeyError:
         known = registry.list_datasets()
-        raise ConfigError(f"data.dataset: unknown dataset {dc.dataset!r}{_did_you_mean(dc.dataset, known)} "
+        raise ConfigError(f"data.dataset: unknown dataset {dc.dataset!r}{did_you_mean(dc.dataset, known)} "
                           f"(registered: {', '.join(known)}, and 'folder' for your own images with data.path; a "
                           f"dataset registered by your own code exists only in that Python process: declare it "
                           f"in the entry-point group {registry.PLUGIN_GROUP!r})") from None

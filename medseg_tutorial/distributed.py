@@ -1,14 +1,9 @@
 """Data-parallel training with ``torchrun``: small helpers so the training loop stays readable.
 
 ``torchrun --standalone --nproc_per_node=N -m medseg_tutorial.cli train ...`` starts N processes and
-tells each who it is through environment variables: ``RANK`` (0..N-1 over all machines),
-``LOCAL_RANK`` (the GPU index on this machine) and ``WORLD_SIZE`` (N). Every process holds a full
-copy of the model, trains on its own shard of each batch, and DistributedDataParallel averages the
-gradients, so all copies stay identical. ``train.batch_size`` is per process: the global batch is
-``batch_size * world_size * accumulate``.
-
-Without those variables (a plain ``python`` run) every helper here is a no-op for a single process,
-so the trainer calls them unconditionally.
+sets ``RANK``, ``LOCAL_RANK`` (the GPU on this machine) and ``WORLD_SIZE`` in each. Every process holds
+a full copy of the model and trains on its own shard of each batch; DistributedDataParallel averages
+the gradients, so the copies stay identical. In a plain ``python`` run every helper is a no-op.
 """
 
 from __future__ import annotations
@@ -48,19 +43,15 @@ class DistInfo:
 
 
 def init_distributed(device_type: str | None = None) -> DistInfo:
-    """Join the process group that ``torchrun`` set up, or return a single-process ``DistInfo``.
-
-    The backend is NCCL when the processes train on CUDA GPUs (one GPU each, ``cuda:LOCAL_RANK``),
-    and Gloo on CPU. ``device_type`` ("cuda", "cpu", ...) defaults to CUDA when available.
-    """
+    """Join the process group that ``torchrun`` set up (NCCL on CUDA, one GPU each, else Gloo), or
+    return a single-process ``DistInfo``. ``device_type`` defaults to CUDA when available."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     on_cuda = (device_type or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
     backend = "nccl" if on_cuda else "gloo"
-    if on_cuda:
-        # object collectives and NCCL use the *current* device; set it before anything else
+    if on_cuda:  # object collectives and NCCL use the *current* device: set it before anything else
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)  # env:// rendezvous: MASTER_ADDR/PORT come from torchrun
@@ -80,15 +71,11 @@ def barrier(info: DistInfo) -> None:
 
 
 def wrap_model(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
-    """Wrap in DistributedDataParallel when distributed; unchanged otherwise.
-
-    DDP registers the parameters that require gradients *when it is built*, so the trainer wraps
-    again after a strategy unfreezes layers.
-    """
+    """Wrap in DistributedDataParallel when distributed. DDP registers the trainable parameters *when it is
+    built*, so the trainer wraps again after a strategy unfreezes layers."""
     if not info.enabled:
         return model
-    device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -102,15 +89,10 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def train_sampler(dataset: Any, info: DistInfo, seed: int, shuffle: bool = True) -> DistributedSampler:
-    """A sampler that gives each process its own part of a per-epoch permutation.
-
-    Used for one process too: with ``set_epoch(epoch)`` the order of epoch ``e`` depends only on
-    ``(seed, e)``, which is what makes an interrupted run resume exactly. With N processes, rank
-    r takes positions r, r+N, r+2N, ... of the same permutation, so N processes with batch b see
-    the same samples per step as one process with batch N*b.
-    """
-    return DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=shuffle,
+def train_sampler(dataset: Any, info: DistInfo, seed: int) -> DistributedSampler:
+    """Rank r's part (positions r, r+N, ...) of one permutation per epoch, which depends only on
+    ``(seed, epoch)`` once ``set_epoch`` is called: what lets an interrupted run resume exactly."""
+    return DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                               seed=seed, drop_last=False)
 
 
@@ -120,11 +102,8 @@ def shard(indices: np.ndarray, info: DistInfo) -> np.ndarray:
 
 
 def sync_buffers(model: nn.Module, info: DistInfo) -> None:
-    """Copy rank 0's buffers (BatchNorm running statistics) to every process.
-
-    DDP broadcasts buffers at the start of each forward pass, so after the last training batch
-    each process holds statistics updated with its own shard; validation should use one set.
-    """
+    """Copy rank 0's buffers (BatchNorm running statistics) to every process: after the last training
+    batch each holds statistics updated with its own shard, and validation should use one set."""
     if info.enabled:
         for buffer in unwrap(model).buffers():
             dist.broadcast(buffer, src=0)
@@ -139,11 +118,11 @@ def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     return out
 
 
-def all_reduce_mean(value: float, info: DistInfo, device: torch.device | None = None) -> float:
+def all_reduce_mean(value: float, info: DistInfo) -> float:
     """Mean of a number over processes (e.g. the training loss for the log)."""
     if not info.enabled:
         return float(value)
-    device = device or (torch.device("cuda", torch.cuda.current_device()) if info.backend == "nccl" else None)
+    device = torch.device("cuda", torch.cuda.current_device()) if info.backend == "nccl" else None
     t = torch.tensor([float(value)], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t.item()) / info.world_size

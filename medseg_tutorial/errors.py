@@ -1,9 +1,8 @@
 """The errors the package raises on purpose: each one is something the user can fix, in one line.
 
-The command line (``cli.main``) prints any :class:`MedsegError` as ``medseg CMD: error: MESSAGE`` and
-exits with status 2; everything else is a bug and keeps its traceback. The subclasses live where
-the problem is found (:class:`ConfigError` here, re-exported by ``config``; ``data.errors.DataError``,
-``models.checkpoint.CheckpointError``) and :class:`RunError` for run folders.
+``cli.main`` prints a :class:`MedsegError` as ``medseg CMD: error: MESSAGE`` (exit status 2); any
+other exception is a bug and keeps its traceback. Subclasses live where the problem is found
+(``data.errors.DataError``, ``models.checkpoint.CheckpointError``).
 """
 
 from __future__ import annotations

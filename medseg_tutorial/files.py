@@ -1,11 +1,7 @@
 """Writing files so that a crash never leaves half of one: the one atomic writer of the package.
 
-Every file the package writes that something later reads back (checkpoints, prepared-data caches,
-``run.json``, ``metrics.csv``, results tables, benchmark reports) goes through :func:`atomic_write`:
-a hidden temporary file in the same folder, flushed and ``fsync``-ed, then renamed over the target
-with ``os.replace`` (atomic on one filesystem). A reader sees the old file or the new one, never a
-mix; a killed writer leaves at most a ``.NAME.*.tmp`` file, which :func:`remove_stale_temporaries`
-cleans up.
+Every file that something later reads back goes through :func:`atomic_write`, so a reader sees the
+old file or the new one, never a mix; a killed writer leaves at most a ``.NAME.*.tmp`` file.
 """
 
 from __future__ import annotations
@@ -25,14 +21,11 @@ __all__ = ["atomic_write", "exclusive_lock", "write_csv", "write_json"]
 
 
 @contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb", mkdir: bool = True) -> Iterator[IO[Any]]:
-    """Open a temporary file next to ``path`` (``mode`` ``"wb"`` or ``"w"``); on success fsync and rename it.
-
-    On an exception the temporary file is removed and ``path`` is left as it was.
-    """
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path`` (``mode`` ``"wb"`` or ``"w"``); on success fsync and rename it
+    over ``path``, on an exception remove it (``path`` is left as it was)."""
     path = Path(path)
-    if mkdir:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     # same folder: os.replace is then a rename on one filesystem; a unique name, so concurrent writers never collide
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -50,16 +43,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", mkdir: bool = True) 
         tmp.unlink(missing_ok=True)
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Replace ``path`` with ``text`` atomically."""
-    with atomic_write(path, "w") as f:
-        f.write(text)
-    return Path(path)
-
-
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Replace ``path`` with ``obj`` as indented JSON, atomically."""
-    return write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps(obj, indent=2, default=str) + "\n")
+    return Path(path)
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> Path:
@@ -74,10 +62,9 @@ def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]], columns: 
 
 @contextmanager
 def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
-    """Hold an exclusive, non-blocking lock on ``path`` (created if needed) for the ``with`` block.
+    """Hold an exclusive lock on ``path`` for the ``with`` block; ``RunError`` naming ``what`` if it is taken.
 
-    Raises :class:`~medseg_tutorial.errors.RunError` naming ``what`` when another process holds it; the
-    lock dies with its process, so a killed run never leaves a stale lock behind.
+    The lock dies with its process, so a killed run never leaves a stale lock behind.
     """
     try:
         import fcntl
@@ -103,14 +90,8 @@ def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
-    """Delete the ``.NAME.*.tmp`` files a killed writer left in ``folder`` (all of them when ``name`` is None).
-
-    Call it only where no other process is writing the same files (e.g. under a run folder's lock).
-    """
-    pattern = f".{name}.*.tmp" if name else ".*.tmp"
-    removed = []
-    for tmp in Path(folder).glob(pattern):
+def remove_stale_temporaries(folder: str | os.PathLike) -> None:
+    """Delete the ``.NAME.*.tmp`` files killed writers left in ``folder``; call it only where no other
+    process writes there (e.g. under a run folder's lock)."""
+    for tmp in Path(folder).glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    return removed

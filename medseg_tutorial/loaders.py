@@ -1,13 +1,7 @@
 """The training data of a run: prepared slices, the patient split and the loader (chapters 3, 8 and 10).
 
-:func:`build_data` reads ``data.*`` and ``train.*`` of a config and returns a :class:`TrainData`,
-whose :meth:`~TrainData.start_epoch` makes each epoch's order and augmentation a function of
-(seed, epoch, rank) alone, which is what makes a resumed run repeat an interrupted epoch exactly.
-
-For a 3-D model (``model.dims: 3``, chapter 10) the same function returns the same record over the
-native volumes (:class:`~medseg_tutorial.data.volumes.VolumeTable`): the same patient split, and a
-loader of random patches (:class:`PatchDataset`, MONAI's crop and augmentations), batched like
-slices, so the training loop does not change.
+For a 3-D model (``model.dims: 3``) the rows are native volumes and the loader yields random patches
+of them (:class:`PatchDataset`), batched like slices, so the training loop does not change.
 """
 
 from __future__ import annotations
@@ -68,12 +62,9 @@ class TrainData:
 
 def build_data(cfg: Config, dist_info: DistInfo | None = None, show: bool = False,
                device: torch.device | None = None) -> TrainData:
-    """Prepare (or load the cached) slices, split patients, and build the training loader.
+    """Prepare (or load the cached) slices or volumes, split patients, and build the training loader.
 
-    With ``data.augment_on=device`` the loader keeps the training slices on ``device`` (default:
-    ``select_device(train.device)``) and augments them there (``tools.gpu_augment``). With
-    ``model.dims: 3`` the rows are whole volumes and the loader yields random patches of them;
-    ``data.keep_empty`` does not apply (a patch is cropped anywhere in a volume).
+    ``device`` (default: ``train.device``) is where ``data.augment_on: device`` keeps and augments the slices.
     """
     dc, tc = cfg.data, cfg.train
     dist_info = dist_info or DistInfo()
@@ -112,9 +103,13 @@ def build_data(cfg: Config, dist_info: DistInfo | None = None, show: bool = Fals
 def cpu_loader(cfg: Config, table: SliceTable, rows: np.ndarray, dist_info: DistInfo,
                device: torch.device) -> DataLoader:
     """albumentations in a torch DataLoader (``data.augment_on: cpu``)."""
-    dc, tc = cfg.data, cfg.train
+    dc = cfg.data
     transform = eval_transform() if dc.augment == "none" else train_transform(dc.size, strength=dc.augment)
-    dataset = SegmentationDataset(table, rows, transform)
+    return _loader(SegmentationDataset(table, rows, transform), cfg, dist_info, device)
+
+
+def _loader(dataset: Dataset, cfg: Config, dist_info: DistInfo, device: torch.device) -> DataLoader:
+    tc = cfg.train
     sampler = train_sampler(dataset, dist_info, seed=tc.seed)
     return DataLoader(
         dataset, batch_size=tc.batch_size, sampler=sampler, num_workers=tc.num_workers,
@@ -132,16 +127,26 @@ def cpu_loader(cfg: Config, table: SliceTable, rows: np.ndarray, dist_info: Dist
 class PatchTransform:
     """MONAI's random crop to ``patch`` (D, H, W), then the 3-D version of ``data.train_transform``'s augmentations.
 
-    On ``{"image": (C, D, H, W), "mask": (1, D, H, W)}``, all MONAI's dictionary transforms:
-    ``RandSpatialCropd`` (a patch anywhere in the padded volume), then for ``"light"`` a left-right
-    flip, an in-plane rotation of up to 10 degrees with a 0.9-1.1 scale (``RandAffined``, labels
-    nearest-neighbour), and a random contrast and brightness change; ``"medium"`` flips along every
-    axis and doubles the ranges; ``"none"`` only crops. :meth:`set_random_seed` is what the loaders
-    call to seed an epoch (``TrainData.start_epoch``) or a worker (``seed_worker``). Used in chapter 10.
+    On ``{"image": (C, D, H, W), "mask": (1, D, H, W)}``; ``"medium"`` flips along every axis and
+    doubles light's ranges, ``"none"`` only crops. Used in chapter 10.
     """
 
     def __init__(self, patch: Sequence[int], strength: str = "light") -> None:
-        self.compose = _monai_pipeline(patch, strength)
+        from monai import transforms as mt  # MONAI takes seconds to import: only 3-D runs pay for it
+
+        both = ("image", "mask")
+        steps = [mt.RandSpatialCropd(both, roi_size=tuple(patch), random_size=False)]
+        if strength != "none":
+            k = 2.0 if strength == "medium" else 1.0  # medium: twice light's ranges
+            axes = (0, 1, 2) if strength == "medium" else (2,)  # (D, H, W): W is left-right
+            steps += [mt.RandFlipd(both, prob=0.5, spatial_axis=axis) for axis in axes]
+            steps += [
+                mt.RandAffined(both, prob=0.7, rotate_range=(math.radians(10 * k), 0.0, 0.0),  # about D: in-plane
+                               scale_range=(0.1 * k,) * 3, mode=("bilinear", "nearest"), padding_mode="zeros"),
+                mt.RandScaleIntensityd("image", factors=0.1 * k, prob=0.5),  # contrast: x (1 + f)
+                mt.RandShiftIntensityd("image", offsets=0.1 * k, prob=0.5),  # brightness: x + b
+            ]
+        self.compose = mt.Compose(steps)
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         return self.compose(sample)
@@ -150,31 +155,10 @@ class PatchTransform:
         self.compose.set_random_state(seed=int(seed) % 2**32)
 
 
-def _monai_pipeline(patch: Sequence[int], strength: str):
-    """The ``monai.transforms.Compose`` of :class:`PatchTransform`."""
-    from monai import transforms as mt  # MONAI takes seconds to import: only 3-D runs pay for it
-
-    both = ("image", "mask")
-    steps = [mt.RandSpatialCropd(both, roi_size=tuple(patch), random_size=False)]
-    if strength != "none":
-        k = 2.0 if strength == "medium" else 1.0  # medium: twice light's ranges
-        axes = (0, 1, 2) if strength == "medium" else (2,)  # (D, H, W): W is left-right
-        steps += [mt.RandFlipd(both, prob=0.5, spatial_axis=axis) for axis in axes]
-        steps += [
-            mt.RandAffined(both, prob=0.7, rotate_range=(math.radians(10 * k), 0.0, 0.0),  # about D: in-plane
-                           scale_range=(0.1 * k,) * 3, mode=("bilinear", "nearest"), padding_mode="zeros"),
-            mt.RandScaleIntensityd("image", factors=0.1 * k, prob=0.5),  # contrast: x (1 + f)
-            mt.RandShiftIntensityd("image", offsets=0.1 * k, prob=0.5),  # brightness: x + b
-        ]
-    return mt.Compose(steps)
-
-
 class PatchDataset(Dataset):
-    """One random patch of each volume ``rows`` of a :class:`VolumeTable` per epoch. Used in chapter 10.
-
-    Items: ``dict(image=FloatTensor (C, D, H, W), mask=LongTensor (D, H, W), patient_id=str)``, the
-    3-D counterpart of :class:`~medseg_tutorial.data.torch_data.SegmentationDataset`. A volume
-    smaller than the patch is padded first (:func:`~medseg_tutorial.data.volumes.pad_volume`).
+    """One random patch of each volume ``rows`` of a :class:`VolumeTable` per epoch (volumes smaller than
+    the patch are padded first). Items: ``dict(image=(C, D, H, W), mask=(D, H, W), patient_id)``.
+    Used in chapter 10.
     """
 
     def __init__(self, table: VolumeTable, rows: np.ndarray, patch: Sequence[int], strength: str = "light") -> None:
@@ -197,20 +181,12 @@ class PatchDataset(Dataset):
 def patch_loader(cfg: Config, table: VolumeTable, rows: np.ndarray, dist_info: DistInfo,
                  device: torch.device) -> DataLoader:
     """Random patches of the training volumes in a torch DataLoader (``model.dims: 3``)."""
-    dc, tc = cfg.data, cfg.train
-    dataset = PatchDataset(table, rows, dc.patch, dc.augment)
-    sampler = train_sampler(dataset, dist_info, seed=tc.seed)
-    return DataLoader(dataset, batch_size=tc.batch_size, sampler=sampler, num_workers=tc.num_workers,
-                      pin_memory=device.type == "cuda", generator=torch.Generator(), worker_init_fn=seed_worker,
-                      drop_last=len(sampler) > tc.batch_size)  # as for slices: no lone last patch for BatchNorm
+    return _loader(PatchDataset(table, rows, cfg.data.patch, cfg.data.augment), cfg, dist_info, device)
 
 
 def leaky_slice_split(rows: np.ndarray, n_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Draw ``n_val`` validation slices at random from ``rows``: the WRONG split of chapter 3.
-
-    Neighbouring slices of one volume look alike, so a model validated this way is scored on
-    near-copies of its training images and the validation Dice is inflated.
-    """
+    """Draw ``n_val`` validation slices at random from ``rows``: the WRONG split of chapter 3 (neighbouring
+    slices look alike, so validation scores near-copies of training images and the Dice is inflated)."""
     shuffled = np.random.default_rng(seed).permutation(rows)
     return np.sort(shuffled[n_val:]), np.sort(shuffled[:n_val])
 

@@ -1,8 +1,6 @@
-"""Looking a name up in a registry, with one error message for every registry of the package.
+"""Looking a name up in a registry, with one "unknown X; did you mean" message for every registry.
 
-Encoders, architectures, strategies, losses, optimizers, schedulers and datasets are all chosen by
-name in a config; each builder calls :func:`lookup`, and the config turns its ``KeyError`` into an
-error that names the config key. So a name is validated once, by the code that will use it.
+The config turns :func:`lookup`'s ``KeyError`` into an error that names the config key.
 """
 
 from __future__ import annotations

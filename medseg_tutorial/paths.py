@@ -1,11 +1,5 @@
-"""Where raw datasets live and where prepared data is cached.
-
-Two settings, each an environment variable that a function argument overrides:
-
-* ``MEDSEG_DATA_ROOT``: the folder holding raw datasets in their download layouts
-  (it may be read-only; nothing is ever written there).
-* ``MEDSEG_CACHE_DIR``: a writable folder for prepared slices, downloads and weights.
-"""
+"""Where raw datasets live (``$MEDSEG_DATA_ROOT``, may be read-only) and where prepared slices, downloads
+and weights are cached (``$MEDSEG_CACHE_DIR``); a function argument overrides either."""
 
 from __future__ import annotations
 
@@ -29,9 +23,7 @@ def cache_dir(path: str | os.PathLike | None = None) -> Path:
 def data_root(path: str | os.PathLike | None = None) -> Path:
     """Return the raw-data root (argument, then ``$MEDSEG_DATA_ROOT``, then ``<cache>/datasets``)."""
     chosen = path or os.environ.get(DATA_ROOT_ENV)
-    if chosen:
-        return Path(chosen).expanduser()
-    return cache_dir() / "datasets"
+    return Path(chosen).expanduser() if chosen else cache_dir() / "datasets"
 
 
 # The checkout this package runs from (a source tree or an editable install): configs/, book/, .git

@@ -18,14 +18,14 @@ from .paths import REPO
 __all__ = ["git_commit", "seed_everything"]
 
 
-def git_commit(path: str | os.PathLike = REPO, short: bool = False) -> str:
-    """The commit of the source tree at ``path`` (this package's checkout by default), or ``"unknown"``.
+def git_commit(short: bool = False) -> str:
+    """The commit of this package's checkout, or ``"unknown"``.
 
     ``"-dirty"`` is appended when tracked files differ from that commit: such a number was not made
     by the commit alone (run experiments from a clean ``git worktree``).
     """
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=path, capture_output=True, text=True, timeout=10,
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10,
                               check=True).stdout.strip()
 
     try:

@@ -1,9 +1,9 @@
 """Everything a run writes besides ``last.pt``: config, split, ``run.json`` provenance, ``metrics.csv``,
-console lines, TensorBoard events and ``best.pt`` (chapter 8: what a run folder holds).
-"""
+console lines, TensorBoard events and ``best.pt`` (chapter 8: what a run folder holds)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -33,37 +33,28 @@ __all__ = ["RunLog"]
 class RunLog:
     """The run folder's files on rank 0, and one console line per event."""
 
-    def __init__(self, run_dir: Path, cfg: Config, dist_info: DistInfo, show: bool, resume: bool = False) -> None:
+    def __init__(self, run_dir: Path, cfg: Config, dist_info: DistInfo, resume: bool = False) -> None:
         """``resume=False`` refuses a folder that already holds a run (``last.pt``)."""
-        self.run_dir, self.cfg, self.main, self.show = run_dir, cfg, dist_info.is_main, show
+        self.run_dir, self.cfg, self.main = run_dir, cfg, dist_info.is_main
         self.info: dict[str, Any] = {}
-        self.class_names: tuple[str, ...] = ()
         self.dataset_info: dict[str, Any] = {}
         self.writer = None
         self._lock = ExitStack()
         if self.main:  # two runs never write one folder at once (released in close, or when the process dies)
             self._lock.enter_context(exclusive_lock(run_dir / ".lock", f"run folder {run_dir}"))
-        if not resume:
-            try:
-                self.refuse_to_overwrite()
-            except BaseException:
-                self._lock.close()
-                raise
+        if not resume and (run_dir / "last.pt").exists():
+            self._lock.close()
+            raise RunError(f"{run_dir} already holds a run; resume it (resume=True / --resume) "
+                           "or choose another run_dir")
 
     def say(self, message: str) -> None:
         """One line on stdout (rank 0); tqdm.write keeps progress bars intact."""
         if self.main:
             tqdm.write(message, file=sys.stdout)
 
-    def refuse_to_overwrite(self) -> None:
-        if (self.run_dir / "last.pt").exists():
-            raise RunError(f"{self.run_dir} already holds a run; resume it (resume=True / --resume) "
-                           "or choose another run_dir")
-
     def start(self, device: torch.device, amp_dtype: torch.dtype | None, data: Any, counts: dict[str, int],
               resumed: bool, extra: dict[str, Any] | None = None) -> None:
         """Write ``config.yaml``, ``split.json`` and ``run.json`` (status ``running``)."""
-        self.class_names = data.table.info.class_names
         self.dataset_info = dataclasses.asdict(data.table.info)  # travels in best.pt: prediction needs no registry
         if not self.main:
             return
@@ -83,12 +74,11 @@ class RunLog:
                     val_patients=len(data.split.val), parameters=counts, status="running", **(extra or {}))
         self.info = info
         write_json(self.run_dir / "run.json", self.info)
-        try:  # TensorBoard only if it is installed; metrics.csv is the record either way
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            SummaryWriter = None
-        if SummaryWriter is not None and self.cfg.output.tensorboard:
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        if self.cfg.output.tensorboard:
+            with contextlib.suppress(ImportError):  # only if installed; metrics.csv is the record either way
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         self.say(f"run {self.run_dir}: {self.cfg.data.dataset}, {self.cfg.model.arch}/{self.cfg.model.encoder}, "
                  f"strategy {self.cfg.strategy.name}, {info[f'train_{unit}']} train / {info[f'val_{unit}']} val "
                  f"{unit}, device {device}, amp {info['amp']}")
@@ -115,7 +105,7 @@ class RunLog:
             return
         cfg = self.cfg
         mean, std = normalization_stats(cfg)
-        save_checkpoint(self.run_dir / "best.pt", model, class_names=self.class_names,
+        save_checkpoint(self.run_dir / "best.pt", model, class_names=self.dataset_info["class_names"],
                         normalization={"mean": mean, "std": std, "input_norm": cfg.model.input_norm},
                         provenance={"dataset": cfg.data.dataset, "strategy": cfg.strategy.name, "epoch": epoch,
                                     "val_dice": score, "git_commit": self.info.get("git_commit", "unknown")},

@@ -1,8 +1,7 @@
 """One training step: forward, loss, backward, clip, optimizer step (chapters 6 and 8).
 
-The trainer (:func:`medseg_tutorial.train.train`), the LR range test
-(:func:`medseg_tutorial.optim.lr_range_test`) and the benchmark all call this one
-:class:`TrainStep`, so what is timed and what is swept is exactly what trains::
+The trainer, the LR range test and the benchmark all call this one :class:`TrainStep`, so what is
+timed and what is swept is exactly what trains::
 
     step = TrainStep(model, loss_fn, optimizer)
     for batch in loader:
@@ -30,30 +29,17 @@ class NonFiniteLossError(RuntimeError):
 @dataclass
 class TrainStep:
     """Forward -> loss -> backward; on the last micro-batch of a step: unscale -> clip -> step -> zero.
+    Used in chapter 8."""
 
-    Args:
-        model: what to call on the inputs (may be wrapped in DDP or ``torch.compile``).
-        loss_fn: ``loss_fn(logits, masks)``; masks are label maps ``(N, H, W)``.
-        optimizer: the optimizer over the trainable parameters.
-        scaler: a ``torch.amp.GradScaler`` (float16 only); ``None`` for none.
-        amp_dtype: the autocast dtype, ``None`` for float32.
-        clip_grad: the maximum global gradient norm, ``None`` for no clipping.
-        accumulate: micro-batches per optimizer step (the loss is divided by it).
-        normalize: applied to the inputs before the model (the encoder's input statistics).
-        channels_last: feed NHWC tensors, NDHWC volumes (faster convolutions on recent GPUs).
-
-    Used in chapter 8.
-    """
-
-    model: nn.Module
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    model: nn.Module  # may be wrapped in DDP or torch.compile
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, label maps (N, H, W))
     optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler | None = None
-    amp_dtype: torch.dtype | None = None
-    clip_grad: float | None = None
-    accumulate: int = 1
-    normalize: Callable[[torch.Tensor], torch.Tensor] | None = None
-    channels_last: bool = False
+    scaler: torch.amp.GradScaler | None = None  # float16 only
+    amp_dtype: torch.dtype | None = None  # None: float32
+    clip_grad: float | None = None  # maximum global gradient norm
+    accumulate: int = 1  # micro-batches per optimizer step (the loss is divided by it)
+    normalize: Callable[[torch.Tensor], torch.Tensor] | None = None  # the encoder's input statistics
+    channels_last: bool = False  # NHWC images, NDHWC volumes (faster convolutions on recent GPUs)
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor, step: bool = True, where: str = "") -> float:
         """Train on one (micro-)batch; ``step=False`` only accumulates gradients. Returns the loss."""

@@ -1,26 +1,12 @@
 """The training loop (chapter 8): read :func:`train` top to bottom; below it, only its resumable state.
 
-One epoch is::
-
-    for each batch:    TrainStep: forward (autocast) -> loss -> backward; every `accumulate` batches
-                       unscale -> clip -> optimizer step; then the scheduler
-    end of epoch:      validate (per-patient 3-D Dice) -> keep the best -> checkpoint -> early stop?
-
-* **2-D, 2.5-D and 3-D.** The loop is the same for all three (chapter 10): ``build_data`` hands it
-  batches of slices or of random volume patches, and :func:`validate` predicts slices, or whole
-  volumes through a sliding window; the score is the per-patient 3-D Dice either way.
-
-* **Reproducibility.** One seed fixes weight init, the shuffling and the augmentation of every epoch;
-  ``train.deterministic`` also asks torch for deterministic kernels.
-* **Resuming.** ``last.pt`` holds the model, optimizer, scheduler, grad scaler, RNG states and
-  counters, written atomically at the end of every epoch. ``train(cfg, run_dir, resume=True)``
-  continues from it and repeats an interrupted epoch exactly (bit for bit on CPU in deterministic mode).
+* **2-D, 2.5-D and 3-D** train in the same loop (chapter 10): ``build_data`` hands it batches of
+  slices or of volume patches; :func:`validate` scores per-patient 3-D Dice either way.
+* **Resuming.** ``last.pt`` (model, optimizer, scheduler, grad scaler, RNG states, counters) is written
+  atomically after every epoch; ``resume=True`` repeats an interrupted epoch exactly (bit for bit on
+  CPU with ``train.deterministic``).
 * **Faults.** A NaN/inf loss stops the run with :class:`NonFiniteLossError`; the last good checkpoint is kept.
-* **Many GPUs.** Under ``torchrun`` the same code runs data-parallel (``distributed.py``):
-  ``torchrun --standalone --nproc_per_node=2 -m medseg_tutorial.cli train --config acdc preset=full``.
-
-What the loop calls lives where it belongs: ``builders`` (model, loss, optimizer, step), ``loaders``
-(data), ``runlog`` (the run folder), ``evaluate`` (prediction), ``device`` and ``provenance``.
+* **Many GPUs.** Under ``torchrun`` the same code runs data-parallel (``distributed.py``).
 """
 
 from __future__ import annotations
@@ -130,7 +116,7 @@ def train(
     device, dist_info, amp_dtype = start_process(cfg)
     show = dist_info.is_main and (sys.stderr.isatty() if progress is None else progress)
     run_dir = Path(run_dir if run_dir is not None else cfg.format_run_dir())
-    log = RunLog(run_dir, cfg, dist_info, show, resume)  # locks the run folder: one writer at a time
+    log = RunLog(run_dir, cfg, dist_info, resume)  # locks the run folder: one writer at a time
     state, status = TrainState(), "failed"
     try:
         data = build_data(cfg, dist_info, show, device=device)
@@ -230,11 +216,8 @@ def start_process(cfg: Config) -> tuple[torch.device, DistInfo, torch.dtype | No
 
 def validate(model: nn.Module, data: TrainData, cfg: Config, device: torch.device, dist_info: DistInfo,
              amp_dtype: torch.dtype | None) -> tuple[float, dict[str, float]]:
-    """Mean foreground Dice per patient (3-D: a patient's slices are stacked), and per class.
-
-    Each process predicts its share of the validation slices (or volumes); the shares are gathered
-    so every process computes the same scores (and takes the same early-stopping decision).
-    """
+    """Mean foreground Dice per patient (3-D: a patient's slices are stacked), and per class. Each process
+    predicts its share; the shares are gathered so every process takes the same early-stopping decision."""
     rows = shard(data.val_rows, dist_info)
     # the plain model: DDP's forward would try to synchronise buffers between processes
     preds = predict_rows(unwrap(model), data.table, rows, cfg, device, amp_dtype)
