@@ -66,7 +66,8 @@ from .files import atomic_write, write_csv
 from .paths import cache_dir
 from .provenance import git_commit, hardware_label
 
-__all__ = ["Experiment", "coverage", "list_experiments", "load_experiment", "run_experiment"]
+# Experiment (what load_experiment returns) by module path
+__all__ = ["coverage", "list_experiments", "load_experiment", "run_experiment"]
 
 # Smoke runs: a couple of steps of a shallow network on tiny slices, on the CPU.
 SMOKE_OVERRIDES: dict[str, Any] = {

@@ -41,8 +41,6 @@ from .paths import REPO
 from .stats import Comparison, hierarchical_bootstrap, holm, multiplicity_note, paired_test
 
 __all__ = [
-    "aggregate",
-    "compare",
     "compare_table",
     "comparison_markdown",
     "diverged",
@@ -56,7 +54,6 @@ __all__ = [
     "plot_data_efficiency",
     "plot_grouped_bars",
     "plot_training_curves",
-    "read_history",
     "run_provenance",
     "select_on_validation",
     "summary_table",
@@ -198,8 +195,6 @@ def aggregate(
     ``n_train_patients`` (when present and not grouped on) is carried along as its group mean.
     Runs that :func:`diverged` are left out of the statistics (``drop_diverged``) and counted in
     ``n_diverged``, so one run that never learned cannot turn a cell into "0.54 ± 0.45".
-
-    Used in chapters 9 and 10.
     """
     by = list(by)
     metrics = [metric] if isinstance(metric, str) else list(metric)
@@ -603,10 +598,7 @@ def plot_grouped_bars(
 
 
 def read_history(run: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
-    """The per-epoch history of a run: its ``metrics.csv`` (a run folder or the file), or a DataFrame.
-
-    Used in chapter 8.
-    """
+    """The per-epoch history of a run: its ``metrics.csv`` (a run folder or the file), or a DataFrame."""
     if isinstance(run, pd.DataFrame):
         return run
     path = Path(run)

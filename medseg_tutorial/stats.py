@@ -33,14 +33,8 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import stats as _st
 
-__all__ = [
-    "Comparison",
-    "hierarchical_bootstrap",
-    "holm",
-    "multiplicity_note",
-    "paired_bootstrap",
-    "paired_test",
-]
+# the functions; Comparison (what they return) and multiplicity_note (results' sentences) by module path
+__all__ = ["hierarchical_bootstrap", "holm", "paired_bootstrap", "paired_test"]
 
 # at most this many resampled values in memory at once (32 MiB of float64)
 _CHUNK = 1 << 22
