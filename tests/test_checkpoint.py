@@ -7,14 +7,13 @@ import torch
 
 import medseg_tutorial
 from medseg_tutorial.models import (
-    CheckpointError,
     build_model,
     input_normalization,
     load_checkpoint,
     save_checkpoint,
 )
 from medseg_tutorial.models import checkpoint as checkpoint_mod
-from medseg_tutorial.models.checkpoint import atomic_torch_save
+from medseg_tutorial.models.checkpoint import CheckpointError, atomic_torch_save
 
 NAMES3 = ["background", "liver", "tumour"]
 NORM = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
