@@ -255,8 +255,8 @@ def compute_plan(exp: Experiment, planned: list[RunSpec], finished: list[dict[st
     """What the pending runs will cost, in CPU-hours (one torch thread per run), before any starts.
 
     The upper bound trains every pending run to its step cap at the measured ``budget.step_seconds``
-    (early stopping usually ends a run sooner); the estimate uses the mean wall time of the runs
-    already in the table when there are some. Source runs are not counted; ``later`` runs (waiting
+    (early stopping usually ends a run sooner); once runs have finished, the estimate scales that bound
+    by their wall time over their own bound, or uses their mean wall time where a run has no step cap. Source runs are not counted; ``later`` runs (waiting
     for a tuning seed, see :func:`tuned`) are.
     """
     b = exp.budget
@@ -270,19 +270,37 @@ def compute_plan(exp: Experiment, planned: list[RunSpec], finished: list[dict[st
     if step is None:
         lines.append("  no budget.step_seconds in the experiment file: no CPU-hour estimate")
         return "\n".join(lines)
-    caps = [_run_cap(spec.raw) for spec in pending]
-    if all(steps is not None for steps, _ in caps):
-        seconds = sum(steps * _seconds(step, spec) + vals * _seconds(b.get("eval_seconds"), spec)
-                      + _seconds(b.get("test_seconds"), spec) for spec, (steps, vals) in zip(pending, caps))
-        longest = max((steps for steps, _ in caps), default=0)
+    def bound(specs: list[RunSpec]) -> float | None:  # seconds for every run to its step cap, None: no cap
+        caps = [_run_cap(spec.raw) for spec in specs]
+        if any(steps is None for steps, _ in caps):
+            return None
+        return sum(steps * _seconds(step, spec) + vals * _seconds(b.get("eval_seconds"), spec)
+                   + _seconds(b.get("test_seconds"), spec) for spec, (steps, vals) in zip(specs, caps))
+
+    seconds = bound(pending)
+    if seconds is not None:
+        longest = max((_run_cap(spec.raw)[0] for spec in pending), default=0)
         lines.append(f"  upper bound {seconds / 3600:.1f} CPU-hours: every run to its step cap (at most {longest} "
                      f"steps) at {_seconds_text(step)} s per step, {_seconds_text(b.get('eval_seconds', 0))} s "
                      "per validation")
-    walls = [float(r["wall_time_s"]) for r in finished if r.get("wall_time_s") not in (None, "")]
-    if walls and pending:
+    by_id = {spec.run_id: spec for spec in planned}
+    timed = [(by_id.get(r.get("run_id")), float(r["wall_time_s"])) for r in finished
+             if r.get("wall_time_s") not in (None, "")]
+    if timed and pending:
+        walls = [wall for _, wall in timed]
         mean = sum(walls) / len(walls)
-        lines.append(f"  the {len(walls)} finished runs took {mean:.0f} s each on average: about "
-                     f"{mean * len(pending) / 3600:.1f} CPU-hours still to go")
+        # The finished runs calibrate the budget's timings: they ran on this machine, under its real load,
+        # with early stopping; their wall time over their own bound scales the pending runs' bound (a plain
+        # mean would price a 5 %-data run like the full-data runs that happened to finish first).
+        done_bound = bound([spec for spec, _ in timed]) if all(spec for spec, _ in timed) else None
+        if seconds and done_bound:
+            ratio = sum(walls) / done_bound
+            lines.append(f"  the {len(walls)} finished runs took {ratio:.2f} x their bound ({mean:.0f} s each on "
+                         f"average): about {ratio * seconds / 3600:.1f} CPU-hours still to go"
+                         + (" (the budget's timings are below this machine's: re-measure them)" if ratio > 1 else ""))
+        else:
+            lines.append(f"  the {len(walls)} finished runs took {mean:.0f} s each on average: about "
+                         f"{mean * len(pending) / 3600:.1f} CPU-hours still to go")
     if b.get("cpu_hours") is not None:
         lines.append(f"  budget of this experiment: {b['cpu_hours']} CPU-hours" +
                      (f" ({b['note']})" if b.get("note") else ""))

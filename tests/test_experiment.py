@@ -287,6 +287,22 @@ def test_the_compute_plan_bounds_the_pending_runs_from_the_measured_step_time(tm
         load_experiment(_write_experiment(tmp_path / "bad", budget={"step_secs": 1}), "cpu")
 
 
+def test_the_estimate_prices_pending_runs_by_their_own_cap_calibrated_on_finished_runs(tmp_path: Path) -> None:
+    # a long cell (100 steps) finished first at twice its bound: the short cell (10 steps) still to run
+    # is priced at twice ITS bound, not at the long run's wall time
+    path = _write_experiment(tmp_path, grid={"train.max_steps_per_epoch": [100, 10]})
+    exp = load_experiment(path, "cpu")
+    exp.budget = {"step_seconds": 36.0}
+    long_run, short_run = expand_grid(exp)
+    assert _run_cap(long_run.raw)[0] == 100 and _run_cap(short_run.raw)[0] == 10
+    plan = compute_plan(exp, [long_run, short_run], [{"run_id": long_run.run_id, "wall_time_s": "7200"}])
+    assert "upper bound 0.1 CPU-hours" in plan  # 10 steps x 36 s
+    assert "took 2.00 x their bound" in plan and "about 0.2 CPU-hours still to go" in plan
+    assert "re-measure them" in plan  # the budget's step time is below what this machine did
+    quick = compute_plan(exp, [long_run, short_run], [{"run_id": long_run.run_id, "wall_time_s": "1800"}])
+    assert "took 0.50 x their bound" in quick and "re-measure" not in quick
+
+
 def test_tuning_runs_later_seeds_only_at_each_arms_value_chosen_on_validation(tmp_path: Path) -> None:
     arms = [{"label": "a", "optim.lr": 1e-3}, {"label": "a", "optim.lr": 1e-2}, {"label": "b", "optim.name": "sgd"}]
     path = _write_experiment(tmp_path, grid={"train.seed": [0, 1, 2], "arm": arms}, tune={"axis": "arm", "seed": 0})
