@@ -256,8 +256,8 @@ def compute_plan(exp: Experiment, planned: list[RunSpec], finished: list[dict[st
 
     The upper bound trains every pending run to its step cap at the measured ``budget.step_seconds``
     (early stopping usually ends a run sooner); once runs have finished, the estimate scales that bound
-    by their wall time over their own bound, or uses their mean wall time where a run has no step cap. Source runs are not counted; ``later`` runs (waiting
-    for a tuning seed, see :func:`tuned`) are.
+    by their wall time over their own bound, or uses their mean wall time where a run has no step cap.
+    Source runs are not counted; ``later`` runs (waiting for a tuning seed, see :func:`tuned`) are.
     """
     b = exp.budget
     done_ids = {r.get("run_id") for r in finished}
