@@ -148,7 +148,10 @@ def missing_message(name: str, folder: str | os.PathLike | None = None) -> str:
     Used in chapters 3-7, 9 and 10.
     """
     command = experiment_command(name)
-    return (f"No committed results table {results_path(name, folder)} yet.\n"
+    path = results_path(name, folder)
+    if path.is_relative_to(REPO):  # the published page names the repository's file, not the build machine's path
+        path = path.relative_to(REPO)
+    return (f"No committed results table {path} yet.\n"
             f"Run `{command}` to produce it (a grid of training runs; see the chapter text for its cost), "
             "then re-execute this chapter.")
 

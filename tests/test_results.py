@@ -58,6 +58,10 @@ def test_missing_message_names_file_and_command(tmp_path):
     assert "medseg experiment data_efficiency --preset gpu" in results.missing_message("gpu/data_efficiency", tmp_path)
     assert str(tmp_path / "gpu" / "data_efficiency.csv") in results.missing_message("gpu/data_efficiency", tmp_path)
     assert "medseg experiment other --preset cpu" in results.missing_message("other.csv", tmp_path)
+    # the repository's own tables are named as the reader's clone has them, not by the build machine's path
+    repo_msg = results.missing_message("cpu/no_such_table", results.REPO / "book" / "results")
+    assert "No committed results table book/results/cpu/no_such_table.csv yet." in repo_msg
+    assert str(results.REPO) not in repo_msg
     assert results.experiment_command("gpu/leakage") == "medseg experiment leakage --preset gpu"
 
 
