@@ -46,3 +46,7 @@ def test_execute_cached_runs_once_and_never_caches_a_failure(tmp_path):
     for _ in range(2):  # a failure is not cached: it runs (and fails) again
         result = notebooks.execute_cached(bad, cache)
         assert not result.ok and not result.cached and "chapter 3 broke" in result.error
+    # the teacher's guide's run times: the successful execution's seconds, by notebook, and no failure's
+    times = notebooks.cached_times(cache)
+    assert list(times) == ["good.ipynb"] and times["good.ipynb"] == pytest.approx(first.seconds)
+    assert notebooks.cached_times(tmp_path / "no_cache") == {}

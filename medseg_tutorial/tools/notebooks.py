@@ -10,6 +10,7 @@ the cache is emptied when the fingerprint of the package, the configs and the re
 differs from the one it was filled with.
 
     python -m medseg_tutorial.tools.notebooks --prepare   # empty a stale cache (make book runs this)
+    python -m medseg_tutorial.tools.notebooks --times     # each cached chapter's execution time (teacher's guide)
 """
 
 from __future__ import annotations
@@ -100,10 +101,32 @@ def execute_cached(path: str | Path, cache: Path = CACHE) -> Execution:
     return Execution(path, False, result.time)
 
 
+def cached_times(cache: Path = CACHE) -> dict[str, float]:
+    """Seconds each cached notebook took to execute, by file name (the run times of the teacher's guide)."""
+    from jupyter_cache import get_cache
+
+    if not cache.is_dir():
+        return {}
+    store = get_cache(str(cache))
+    times = {}
+    for record in store.list_project_records():
+        try:
+            cached = store.get_cached_project_nb(record.pk)
+        except KeyError:
+            continue
+        if cached is not None and cached.data.get("execution_seconds") is not None:
+            times[Path(record.uri).name] = float(cached.data["execution_seconds"])
+    return dict(sorted(times.items()))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medseg_tutorial.tools.notebooks", description=__doc__.split("\n")[0])
     parser.add_argument("--prepare", action="store_true", help="empty the cache if its inputs changed")
+    parser.add_argument("--times", action="store_true", help="print each cached chapter's execution time")
     args = parser.parse_args(argv)
+    if args.times:
+        for name, seconds in cached_times().items():
+            print(f"{name:32s} {seconds:7.1f} s")
     if args.prepare:
         emptied = prepare()
         print(f"notebook cache {CACHE}: {'emptied (inputs changed)' if emptied else 'up to date'}")
