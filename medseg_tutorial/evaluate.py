@@ -491,6 +491,7 @@ def predict_nifti(checkpoint: str | os.PathLike, in_path: str | os.PathLike, out
     """Segment a NIfTI volume slice by slice (along its last axis); write a uint8 label volume.
 
     The output has the input's shape (x, y, z) and affine, so viewers overlay it on the input.
+    Used in chapter 8.
     """
     import nibabel as nib
 

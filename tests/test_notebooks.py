@@ -1,7 +1,11 @@
 """Static checks on the chapter notebooks: stored without outputs, no implementation inside them.
 
-The notebooks themselves are executed by nbval (`pytest --nbval-lax book/`, part of `make test`)
-and by the book build.
+The notebooks themselves are executed elsewhere. `make test` collects every `book/*.ipynb` as one
+test (the repository's conftest.py), which runs the chapter with
+`medseg_tutorial.tools.notebooks.execute_cached` and stores a successful execution in
+`_build/.jupyter_cache`; `make book` (`execute_notebooks: cache`) renders those outputs and executes
+only the chapters that miss the cache. `pytest --nbval-lax book/` runs them cell by cell with nbval
+instead (the conftest hook then stands aside).
 """
 
 from __future__ import annotations
