@@ -43,6 +43,7 @@ from .stats import Comparison, hierarchical_bootstrap, holm, multiplicity_note, 
 __all__ = [
     "compare_table",
     "comparison_markdown",
+    "directions_agree",
     "diverged",
     "family",
     "load_curves",
@@ -413,6 +414,18 @@ def verdicts(table: pd.DataFrame, arm: str, metric: str = "dice") -> dict[str, l
     return {"better": table.loc[d == 1, arm].tolist(), "undecided": table.loc[d == 0, arm].tolist(),
             "worse": table.loc[d == -1, arm].tolist(),
             "held": table.loc[(d == 1) & (table["p_holm"] < 0.05), arm].tolist() if len(table) else []}
+
+
+def directions_agree(table: pd.DataFrame) -> bool:
+    """True when every row's ``direction`` is what its interval says: 1 only when the whole 95 % interval
+    lies above zero, -1 only when it lies below, 0 when it holds zero (the sentences' "the data do not decide").
+
+    Used in the hidden checks of chapters 3-7, 9 and 10.
+    """
+    if table is None or not len(table):
+        return True
+    d, low, high = table["direction"], table["low"], table["high"]
+    return bool((((d == 1) == (low > 0)) & ((d == -1) == (high < 0)) & d.isin([-1, 0, 1])).all())
 
 
 def comparison_markdown(table: pd.DataFrame, scores: pd.DataFrame | None = None, title: str | None = None) -> str:

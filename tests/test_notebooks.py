@@ -60,3 +60,15 @@ def test_check_cells_do_not_depend_on_solutions(nb: Path) -> None:
         if "remove-cell" in cell.get("metadata", {}).get("tags", []):
             previous = cells[i - 1].get("metadata", {}).get("tags", [])
             assert "solution" not in previous, f"{nb.name}: check cell {i} follows a solution cell"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_cell_has_a_unique_id(nb: Path) -> None:
+    """nbformat 4.5 cell ids: a cell without one makes nbformat warn, and a future nbformat refuses it."""
+    data = json.loads(nb.read_text())
+    if (data["nbformat"], data["nbformat_minor"]) < (4, 5):
+        pytest.skip("nbformat before 4.5 has no cell ids")
+    ids = [cell.get("id") for cell in data["cells"]]
+    missing = [i for i, cell_id in enumerate(ids) if not cell_id]
+    assert not missing, f"{nb.name}: cells {missing} have no id (nbformat.validator.normalize adds them)"
+    assert len(set(ids)) == len(ids), f"{nb.name}: repeated cell ids"

@@ -314,3 +314,11 @@ def test_select_on_validation_on_a_tuning_seed_keeps_every_seed_at_the_choice():
     assert sorted(picked.loc[picked["arm"] == "sgd", "seed"]) == [0, 1, 2] and len(picked) == 5
     # over the mean of all seeds instead, 0.03's weaker seeds 1-2 would decide for 0.01
     assert results.select_on_validation(df, "arm", "lr").attrs["selected"]["sgd"] == 0.01
+
+
+def test_directions_agree_only_when_each_direction_is_its_interval():
+    rows = pd.DataFrame({"direction": [1, 0, -1, 0], "low": [0.01, -0.02, -0.05, -0.01], "high": [0.03, 0.01, -0.01, 0.0]})
+    assert results.directions_agree(rows) and results.directions_agree(rows.iloc[:0]) and results.directions_agree(None)
+    assert not results.directions_agree(rows.assign(direction=[1, 1, -1, 0]))  # "better" on an interval holding zero
+    assert not results.directions_agree(rows.assign(direction=[0, 0, -1, 0]))  # "undecided" on one above zero
+    assert not results.directions_agree(rows.assign(direction=[1, 0, 1, 0]))   # the wrong sign
