@@ -43,6 +43,7 @@ from .stats import Comparison, hierarchical_bootstrap, holm, multiplicity_note, 
 __all__ = [
     "compare_table",
     "comparison_markdown",
+    "convergence",
     "directions_agree",
     "diverged",
     "family",
@@ -414,6 +415,37 @@ def verdicts(table: pd.DataFrame, arm: str, metric: str = "dice") -> dict[str, l
     return {"better": table.loc[d == 1, arm].tolist(), "undecided": table.loc[d == 0, arm].tolist(),
             "worse": table.loc[d == -1, arm].tolist(),
             "held": table.loc[(d == 1) & (table["p_holm"] < 0.05), arm].tolist() if len(table) else []}
+
+
+def convergence(runs: pd.DataFrame, cap: int | None = None, patience: int | None = None,
+                name: Callable[[Any], str] = lambda r: f"{r.arm}, seed {r.seed}") -> tuple[pd.DataFrame, str]:
+    """Did the runs of a results table pass their best validation before they ended?
+
+    Returns ``runs`` with three columns added (``best_before_last``: ``best_epoch``, counted from 0,
+    came before the last validation; ``stopped``: ended by the stopping rule; ``at_cap``: ran all
+    ``cap`` validations without stopping) and a sentence that counts them and names the runs whose best
+    was their very last validation (``name(row)`` says which run it was). ``cap`` defaults to the
+    longest run, ``patience`` is the stopping rule's number of validations.
+
+    Used in chapters 5 and 7.
+    """
+    stopped = runs["stopped_early"].astype(str).str.lower().eq("true")
+    cap = cap or (int(runs["epochs"].max()) if len(runs) else 0)
+    conv = runs.assign(best_before_last=runs["best_epoch"] + 1 < runs["epochs"], stopped=stopped,
+                       at_cap=~stopped & (runs["epochs"] >= cap))
+    n, k, s, c = len(conv), int(conv["best_before_last"].sum()), int(conv["stopped"].sum()), int(conv["at_cap"].sum())
+    if not n:
+        return conv, "No runs yet."
+    text = (f"{k} of {n} runs ({k / n:.0%}) had their best validation before their last one, so they had passed "
+            f"their best checkpoint when they ended. {s} of {n} ({s / n:.0%}) stopped early, after "
+            f"{patience or 'several'} validations without a new best; {c} ran to the cap of {cap} validations "
+            "without meeting the stopping rule")
+    text += ", so a few more steps might have improved them a little." if c else "."
+    last = conv[~conv["best_before_last"]]
+    text += (" Best at the very last validation (still improving when the run ended): "
+             + "; ".join(name(r) for r in last.itertuples()) + "." if len(last)
+             else " No run had its best at its last validation.")
+    return conv, text
 
 
 def directions_agree(table: pd.DataFrame) -> bool:

@@ -322,3 +322,17 @@ def test_directions_agree_only_when_each_direction_is_its_interval():
     assert not results.directions_agree(rows.assign(direction=[1, 1, -1, 0]))  # "better" on an interval holding zero
     assert not results.directions_agree(rows.assign(direction=[0, 0, -1, 0]))  # "undecided" on one above zero
     assert not results.directions_agree(rows.assign(direction=[1, 0, 1, 0]))   # the wrong sign
+
+
+def test_convergence_counts_runs_that_passed_their_best_and_names_the_rest():
+    runs = pd.DataFrame({"arm": ["a", "b", "c"], "seed": [0, 0, 1], "best_epoch": [3, 14, 9], "epochs": [9, 15, 15],
+                         "stopped_early": ["True", "False", "False"]})
+    conv, text = results.convergence(runs, cap=15, patience=5)
+    assert conv["best_before_last"].tolist() == [True, False, True]
+    assert conv["stopped"].tolist() == [True, False, False] and conv["at_cap"].tolist() == [False, True, True]
+    assert text.startswith("2 of 3 runs (67%) had their best validation before their last one")
+    assert "1 of 3 (33%) stopped early, after 5 validations" in text and "2 ran to the cap of 15" in text
+    assert text.endswith("(still improving when the run ended): b, seed 0.")
+    _, done = results.convergence(runs.iloc[[0]], patience=5)
+    assert done.endswith("No run had its best at its last validation.") and "0 ran to the cap" in done
+    assert results.convergence(runs.iloc[:0])[1] == "No runs yet."
