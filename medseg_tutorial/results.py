@@ -123,7 +123,7 @@ def load_curves(name: str, folder: str | os.PathLike | None = None) -> pd.DataFr
     Columns: those of the results table (optimizer, seed, strategy, ...) plus ``epoch``, ``step``,
     ``train_loss``, ``lr`` (renamed ``epoch_lr``) and ``val_dice`` (renamed ``epoch_val_dice``).
 
-    Used in chapters 6, 9 and 10.
+    Used in chapters 4-6, 9 and 10.
     """
     runs = load_results(name, folder)
     path = results_path(f"{name}_curves", folder)
@@ -183,7 +183,7 @@ DIVERGED_BELOW = 0.1
 def diverged(df: pd.DataFrame, floor: float = DIVERGED_BELOW) -> pd.Series:
     """Which runs diverged: best validation Dice missing, not finite, or below ``floor``.
 
-    Used in chapters 6 and 7.
+    Used in chapters 4, 6 and 7.
     """
     score = pd.to_numeric(df["val_dice_best"], errors="coerce") if "val_dice_best" in df else pd.Series(
         np.nan, index=df.index)
@@ -452,7 +452,7 @@ def directions_agree(table: pd.DataFrame) -> bool:
     """True when every row's ``direction`` is what its interval says: 1 only when the whole 95 % interval
     lies above zero, -1 only when it lies below, 0 when it holds zero (the sentences' "the data do not decide").
 
-    Used in the hidden checks of chapters 3-7, 9 and 10.
+    Used in chapters 3-7, 9 and 10 (their hidden checks).
     """
     if table is None or not len(table):
         return True
