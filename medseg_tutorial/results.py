@@ -427,15 +427,15 @@ def convergence(runs: pd.DataFrame, cap: int | None = None, patience: int | None
     was their very last validation (``name(row)`` says which run it was). ``cap`` defaults to the
     longest run, ``patience`` is the stopping rule's number of validations.
 
-    Used in chapters 5 and 7.
+    Used in chapters 5, 7 and 9.
     """
-    stopped = runs["stopped_early"].astype(str).str.lower().eq("true")
+    stopped = runs["stopped_early"].astype(str).str.lower().eq("true")  # bool, or "True"/"False" from a CSV
     cap = cap or (int(runs["epochs"].max()) if len(runs) else 0)
     conv = runs.assign(best_before_last=runs["best_epoch"] + 1 < runs["epochs"], stopped=stopped,
                        at_cap=~stopped & (runs["epochs"] >= cap))
-    n, k, s, c = len(conv), int(conv["best_before_last"].sum()), int(conv["stopped"].sum()), int(conv["at_cap"].sum())
-    if not n:
+    if conv.empty:
         return conv, "No runs yet."
+    n, k, s, c = len(conv), int(conv["best_before_last"].sum()), int(conv["stopped"].sum()), int(conv["at_cap"].sum())
     text = (f"{k} of {n} runs ({k / n:.0%}) had their best validation before their last one, so they had passed "
             f"their best checkpoint when they ended. {s} of {n} ({s / n:.0%}) stopped early, after "
             f"{patience or 'several'} validations without a new best; {c} ran to the cap of {cap} validations "
