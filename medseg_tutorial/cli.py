@@ -209,6 +209,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 @command("train", "train one model from a YAML config", _train_args)
 def _train(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .paths import shown
     from .train import train
 
     items = list(args.items)
@@ -220,8 +221,8 @@ def _train(args: argparse.Namespace) -> int:
     result = train(cfg, args.run_dir, resume=args.resume, progress=args.progress)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun: one report, from rank 0
-    print(f"run {result.run_dir}: best validation Dice {result.best_score:.4f} at epoch {result.best_epoch}, "
-          f"{result.epochs_run} epochs in {result.wall_time:.0f}s; best checkpoint {result.best_checkpoint}")
+    print(f"run {shown(result.run_dir)}: best validation Dice {result.best_score:.4f} at epoch {result.best_epoch}, "
+          f"{result.epochs_run} epochs in {result.wall_time:.0f}s; best checkpoint {shown(result.best_checkpoint)}")
     return 0
 
 

@@ -25,6 +25,7 @@ from .distributed import DistInfo
 from .errors import RunError
 from .files import exclusive_lock, write_csv, write_json
 from .models import save_checkpoint
+from .paths import shown
 from .provenance import git_commit, hardware, now
 
 __all__ = ["RunLog"]
@@ -79,7 +80,7 @@ class RunLog:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
-        self.say(f"run {self.run_dir}: {self.cfg.data.dataset}, {self.cfg.model.arch}/{self.cfg.model.encoder}, "
+        self.say(f"run {shown(self.run_dir)}: {self.cfg.data.dataset}, {self.cfg.model.arch}/{self.cfg.model.encoder}, "
                  f"strategy {self.cfg.strategy.name}, {info[f'train_{unit}']} train / {info[f'val_{unit}']} val "
                  f"{unit}, device {device}, amp {info['amp']}")
 

@@ -154,3 +154,22 @@ def test_experiment_list_and_unknown_name(capsys: pytest.CaptureFixture[str]) ->
     assert "data_efficiency" in capsys.readouterr().out
     assert main(["experiment", "no_such_experiment"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_shown_paths_are_the_readers_not_the_build_machines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from medseg_tutorial.paths import shown
+
+    monkeypatch.chdir(tmp_path)
+    assert shown(tmp_path / "runs" / "a") == "runs/a"
+    monkeypatch.chdir(Path(__file__).parent)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(cache))
+    assert shown(cache / "weights" / "w.pt") == "$MEDSEG_CACHE_DIR/weights/w.pt"
+    monkeypatch.delenv("MEDSEG_CACHE_DIR")
+    run = Path(tempfile.mkdtemp(prefix="medseg-test-"))
+    assert shown(run / "best.pt") == f"<tmp>/{run.name}/best.pt"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert shown(tmp_path / "home" / ".cache" / "x") == "~/.cache/x"
+    run.rmdir()
