@@ -9,7 +9,7 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["autocast", "autocast_dtype", "select_device"]
+__all__ = ["autocast", "select_device"]
 
 
 def select_device(name: str = "auto") -> torch.device:

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-__all__ = ["DistInfo", "init_distributed", "wrap_model"]
+__all__ = ["DistInfo"]  # init_distributed and wrap_model are for train() alone: torchrun goes through the CLI
 
 
 @dataclass(frozen=True)

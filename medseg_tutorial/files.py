@@ -17,7 +17,7 @@ from typing import IO, Any
 
 from .errors import RunError
 
-__all__ = ["atomic_write", "exclusive_lock", "write_csv", "write_json"]
+__all__ = ["atomic_write"]  # write_json, write_csv and exclusive_lock are the package's own helpers
 
 
 @contextmanager
