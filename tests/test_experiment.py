@@ -404,7 +404,8 @@ def test_a_table_is_never_mixed_from_two_commits(tmp_path: Path) -> None:
         run_experiment(path, "cpu", run_root=runs, progress=False, say=_quiet)
     assert len(read_rows(tmp_path / "results.csv")) == 1  # nothing was touched
     mixed = run_experiment(path, "cpu", run_root=runs, progress=False, say=_quiet, allow_mixed_commits=True)
-    assert len(mixed.done) == 1 and {r["commit"][:1] for r in read_rows(tmp_path / "results.csv")} != {"0"}
+    mixed_commits = {r["commit"] for r in read_rows(tmp_path / "results.csv")}
+    assert len(mixed.done) == 1 and len(mixed_commits) == 2 and "0" * 40 in mixed_commits  # old row kept, new added
     redone = run_experiment(path, "cpu", run_root=runs, progress=False, say=_quiet, rerun_stale=True)
     assert len(redone.done) == 1  # the stale seed-0 row, trained again
     commits = {r["commit"] for r in read_rows(tmp_path / "results.csv")}
