@@ -32,9 +32,11 @@ book: install
 ## Run the whole test suite: unit tests, real-data tests and every chapter (conftest.py: one test per
 ## notebook, executed as the book build executes it and cached for it; `--nbval-lax` for cell by cell).
 ## Two workers, one torch thread each (two threads per worker would fight over 2 cores);
-## --dist loadfile keeps each notebook's cells together in one kernel.
+## --dist loadfile keeps a test file's module fixtures on one worker; --no-loadscope-reorder keeps the
+## collection order (chapters first: testpaths in pyproject.toml), so the longest items (chapters, up to
+## 2.5 min) start first rather than last, where xdist's default order (most tests first) puts them.
 test: install
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 lint: install
 	$(BIN)/ruff check .
