@@ -4,6 +4,7 @@ and weights are cached (``$MEDSEG_CACHE_DIR``); a function argument overrides ei
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pooch
@@ -33,14 +34,15 @@ REPO = Path(__file__).resolve().parents[1]
 def shown(path: str | os.PathLike) -> str:
     """``path`` as a reader can use it: relative to the working folder, ``~/...``, ``$MEDSEG_CACHE_DIR/...``
     or ``<tmp>/...``, instead of the absolute path of the machine that printed it. Used in chapter 10."""
-    import tempfile
-
     path = Path(path).expanduser().resolve()
     cache = os.environ.get(CACHE_DIR_ENV)
-    bases = {"": Path.cwd(), f"${CACHE_DIR_ENV}/": Path(cache).expanduser() if cache else None,
-             "<tmp>/": Path(tempfile.gettempdir()), "~/": Path.home()}
-    bases = {name: b.resolve() for name, b in bases.items() if b is not None and len(b.resolve().parts) > 1}
-    found = [(len(b.parts), name, path.relative_to(b)) for name, b in bases.items() if path.is_relative_to(b)]
+    bases = {"": Path.cwd(), "<tmp>/": Path(tempfile.gettempdir()), "~/": Path.home(),
+             **({f"${CACHE_DIR_ENV}/": Path(cache).expanduser()} if cache else {})}
+    found = []
+    for name, base in bases.items():
+        base = base.resolve()
+        if len(base.parts) > 1 and path.is_relative_to(base):  # never relative to the filesystem root
+            found.append((len(base.parts), name, path.relative_to(base)))
     if not found:
         return str(path)
     _, name, rel = max(found, key=lambda f: f[0])  # the closest folder: a cache inside $HOME shows as the cache
