@@ -512,6 +512,7 @@ def write_folder(cases: Iterable[Case], out: str | os.PathLike, mask_suffix: str
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    png = {"compress_level": 1}  # lossless either way; PIL's default (6) encodes 3x slower for 15 % smaller files
     for case in cases:
         image = case.image[:, :3] if case.image.shape[1] >= 3 else case.image[:, :1]
         low, high = float(image.min()), float(image.max())
@@ -520,8 +521,8 @@ def write_folder(cases: Iterable[Case], out: str | os.PathLike, mask_suffix: str
         for k, index in enumerate(case.slice_index):
             stem = f"{case.patient_id}_{int(index):03d}"
             rgb = pixels[k].transpose(1, 2, 0)
-            Image.fromarray(rgb[..., 0] if rgb.shape[-1] == 1 else rgb).save(out / f"{stem}.png")
+            Image.fromarray(rgb[..., 0] if rgb.shape[-1] == 1 else rgb).save(out / f"{stem}.png", **png)
             if case.mask is not None:
                 mask = case.mask[k].astype(np.uint8) * (255 if binary else 1)
-                Image.fromarray(mask).save(out / f"{stem}{mask_suffix}.png")
+                Image.fromarray(mask).save(out / f"{stem}{mask_suffix}.png", **png)
     return out
