@@ -124,7 +124,7 @@ class RunLog:
             return
         self.info.update(status=status, finished=now(), best_score=best_score, best_epoch=best_epoch,
                          epochs_run=epochs_run, stopped_early=stopped_early,
-                         wall_time_s=round(self.info.get("wall_time_s", 0.0) + seconds, 3))
+                         wall_time_s=round(seconds, 3))
         write_json(self.run_dir / "run.json", self.info)
 
     def close(self) -> None:

@@ -101,6 +101,7 @@ class TrainState:
     bad_epochs: int = 0  # validations in a row without improvement (early stopping)
     stopped_early: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)  # the rows of metrics.csv
+    seconds: float = 0.0  # wall time of the run up to this checkpoint, every call so far (a kill loses none)
 
 
 def train(
@@ -117,7 +118,7 @@ def train(
     show = dist_info.is_main and (sys.stderr.isatty() if progress is None else progress)
     run_dir = Path(run_dir if run_dir is not None else cfg.format_run_dir())
     log = RunLog(run_dir, cfg, dist_info, resume)  # locks the run folder: one writer at a time
-    state, status = TrainState(), "failed"
+    state, status, earlier = TrainState(), "failed", 0.0
     try:
         data = build_data(cfg, dist_info, show, device=device)
         seed_everything(tc.seed)  # right before the weights are drawn: a cache miss or hit cannot shift them
@@ -131,6 +132,7 @@ def train(
             state = load_training_state(run_dir / "last.pt", cfg, model, optimizer, scheduler, scaler, dist_info)
             plan.on_epoch_start(model, state.epoch - 1)  # re-unfreeze what earlier epochs unfroze
         log.start(device, amp_dtype, data, plan.counts(model), resumed=resume, extra={"lr": lr})
+        earlier = state.seconds or log.info.get("wall_time_s", 0.0)  # run.json: a last.pt of an older version
         compiled = torch.compile(model) if tc.compile else model
         step = build_step(cfg, wrap_model(compiled, dist_info, device), optimizer, scaler, amp_dtype,
                           build_loss(cfg).to(device))
@@ -160,7 +162,7 @@ def train(
                     if scheduler.medseg_interval == "step":
                         scheduler.step()
                     if tc.checkpoint_every and state.step % tc.checkpoint_every == 0:
-                        state.batch = i + 1
+                        state.batch, state.seconds = i + 1, earlier + time.perf_counter() - started
                         save_training_state(run_dir / "last.pt", cfg, model, optimizer, scheduler, scaler,
                                             state, dist_info, log)
                 bar.set_postfix(loss=f"{loss:.4f}")
@@ -185,7 +187,7 @@ def train(
             row.update(time=time.perf_counter() - epoch_start, unfrozen=";".join(unfrozen),
                        trainable=plan.counts(model)["trainable"], step=state.step)
             state.history.append(row)
-            state.epoch = epoch + 1
+            state.epoch, state.seconds = epoch + 1, earlier + time.perf_counter() - started
             save_training_state(run_dir / "last.pt", cfg, model, optimizer, scheduler, scaler, state, dist_info, log)
             log.epoch_end(row, state.best_score, state.best_epoch, state.stopped_early)
         status = "completed"
@@ -196,7 +198,7 @@ def train(
         raise
     finally:
         log.finish(status, state.best_score, state.best_epoch, state.epoch,
-                   state.stopped_early, time.perf_counter() - started)
+                   state.stopped_early, earlier + time.perf_counter() - started)
         log.close()
         cleanup_distributed(dist_info)
 

@@ -7,6 +7,7 @@ bit-identical to an uninterrupted run's.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -74,9 +75,12 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path: Path)
         if victim.poll() is None:
             victim.kill()
     assert victim.returncode == -signal.SIGKILL
-    killed_at = _state(run_dir / "last.pt")["state"]["epoch"]
+    killed = _state(run_dir / "last.pt")["state"]
+    killed_at = killed["epoch"]
     assert 1 <= killed_at < EPOCHS, "the kill must interrupt the run before its last epoch"
-    assert len(pd.read_csv(run_dir / "metrics.csv")) == killed_at
+    before_kill = pd.read_csv(run_dir / "metrics.csv")
+    assert len(before_kill) == killed_at
+    assert killed["seconds"] >= before_kill["time"].sum() > 0  # the checkpoint carries the time spent so far
 
     resumed = subprocess.run(_command(run_dir, "--resume"), env=_env(), capture_output=True, text=True,
                              timeout=120)
@@ -91,6 +95,9 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path: Path)
     _assert_same_weights(_state(run_dir / "best.pt")["state_dict"], _state(ref_dir / "best.pt")["state_dict"])
     run_json = (run_dir / "run.json").read_text()
     assert '"status": "completed"' in run_json and '"resumes": [' in run_json
+    # the wall time counts the killed call's epochs too (run.json never saw that call finish)
+    after_kill = pd.read_csv(run_dir / "metrics.csv")["time"].iloc[killed_at:].sum()
+    assert json.loads(run_json)["wall_time_s"] >= killed["seconds"] + after_kill
 
 
 @pytest.fixture
