@@ -7,6 +7,7 @@
 #   CAMPAIGN_COMMIT=abc123 scripts/cpu_campaign.sh  # the commit for tables that have no rows yet
 #                                                   # (default HEAD; a table with rows keeps their commit)
 #   CAMPAIGN_PLAN_ONLY=1 scripts/cpu_campaign.sh    # print the compute plans and stop
+#   scripts/cpu_campaign.sh --stop                  # stop cleanly (before a session ends, or to free the cores)
 #
 # Resumable across sessions: rows already in a table are skipped and a run cut short resumes from its
 # last.pt (run folders live under $CAMPAIGN_DIR, outside the repository). Each shard works through
@@ -15,6 +16,20 @@
 # pass once both shards are done. Commit the tables as rows land:
 #   git add book/results/cpu && git commit -m "..."
 set -euo pipefail
+
+if [ "${1:-}" = "--stop" ]; then
+    # The loops first, so that no new run starts; then each runner, whose SIGTERM becomes a KeyboardInterrupt
+    # (see run below): the trainer writes run.json with the call's status and wall time before it exits,
+    # and the next start resumes from last.pt. A SIGKILL (or SIGSTOP while paused) would leave run.json
+    # without that call's time, and the row's wall_time_s short.
+    for pid in $(pgrep -f "bash.*cpu_campaign.sh" || true); do
+        [ "$pid" = $$ ] || kill -TERM "$pid" 2>/dev/null || true
+    done
+    pkill -TERM -f "medseg_tutorial.cli experiment" || true
+    while pgrep -f "medseg_tutorial.cli experiment" >/dev/null; do sleep 1; done
+    echo "campaign stopped: scripts/cpu_campaign.sh resumes it"
+    exit 0
+fi
 
 repo=$(git rev-parse --show-toplevel)
 cd "$repo"
@@ -45,10 +60,16 @@ for name in "${experiments[@]}"; do  # each table's commit: its rows', else CAMP
     worktree[$name]=$dir
 done
 
+runner='import runpy, signal
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGTERM, signal.default_int_handler)
+runpy.run_module("medseg_tutorial.cli", run_name="__main__", alter_sys=True)'
 run() {  # run EXPERIMENT SHARD [ARGS]: one shard of one experiment, in its table's worktree
     local name=$1 shard=$2
     shift 2
-    (cd "${worktree[$name]}" && "$python" -m medseg_tutorial.cli experiment "$name" --preset cpu --threads 1 \
+    # python -c rather than -m: a background job ignores SIGINT, so SIGTERM is made a KeyboardInterrupt
+    # (what --stop sends); the cwd still comes first on sys.path, so the worktree's package is the one run
+    (cd "${worktree[$name]}" && "$python" -c "$runner" experiment "$name" --preset cpu --threads 1 \
         --shard "$shard" --no-progress --results "$repo/book/results/cpu/$name.csv" \
         --run-root "$campaign_dir/runs/$name" "$@")
 }
