@@ -25,8 +25,8 @@ if [ "${1:-}" = "--stop" ]; then
     for pid in $(pgrep -f "bash.*cpu_campaign.sh" || true); do
         [ "$pid" = $$ ] || kill -TERM "$pid" 2>/dev/null || true
     done
-    pkill -TERM -f "medseg_tutorial.cli experiment" || true
-    while pgrep -f "medseg_tutorial.cli experiment" >/dev/null; do sleep 1; done
+    pkill -TERM -f "medseg_tutorial.cli.* experiment " || true
+    while pgrep -f "medseg_tutorial.cli.* experiment " >/dev/null; do sleep 1; done
     echo "campaign stopped: scripts/cpu_campaign.sh resumes it"
     exit 0
 fi
