@@ -114,6 +114,21 @@ def load_results(
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing columns {missing}; found {list(df.columns)}")
+    return _with_run_seconds(df, path.with_name(f"{path.stem}_curves.csv"))
+
+
+def _with_run_seconds(df: pd.DataFrame, curves: Path) -> pd.DataFrame:
+    """Add ``run_seconds``: ``wall_time_s``, or the sum of the run's epoch times where that is larger.
+
+    Before the trainer kept a killed call's time in ``last.pt``, ``run.json`` added up only the calls
+    that finished, so a run cut short by the end of a session and resumed records too little; its epochs
+    (``time`` in ``NAME_curves.csv``) still say how long they took.
+    """
+    if "wall_time_s" not in df.columns:
+        return df
+    epochs = pd.read_csv(curves) if curves.is_file() else pd.DataFrame()
+    summed = df["run_id"].map(epochs.groupby("run_id")["time"].sum()) if "time" in epochs else None
+    df["run_seconds"] = pd.concat([df["wall_time_s"], summed], axis=1).max(axis=1)  # NaN: the other
     return df
 
 
@@ -269,8 +284,11 @@ def run_provenance(df: pd.DataFrame) -> str:
             values = [str(v)[:width] for v in df[col].dropna().unique()]
             parts.append(f"{label}: {', '.join(values[:3])}{' ...' if len(values) > 3 else ''}")
     if "wall_time_s" in df.columns:
-        t = df["wall_time_s"].dropna()
+        t = df.get("run_seconds", df["wall_time_s"]).dropna()
         parts.append(f"wall time {t.sum() / 3600:.2f} h in total, median {t.median():.0f} s per run")
+        short = int((t > df["wall_time_s"]).sum())
+        if short:  # see _with_run_seconds
+            parts.append(f"{short} of them resumed after a kill that lost its time: counted by their epochs")
     return "; ".join(parts)
 
 

@@ -165,6 +165,24 @@ def test_run_provenance(folder):
     assert "median 11 s per run" in line
 
 
+def test_a_run_whose_killed_call_lost_its_time_is_counted_by_its_epochs(folder):
+    runs = results.load_results("data_efficiency", folder)
+    assert runs["run_seconds"].equals(runs["wall_time_s"])  # no curves: the recorded time
+    ids = [f"r{i}" for i in range(len(runs))]
+    table = pd.read_csv(folder / "data_efficiency.csv").assign(run_id=ids)
+    table.to_csv(folder / "data_efficiency.csv", index=False)
+    # every run trained two epochs of 4 s (below its 10-12 s wall time), but r0's first call was killed
+    curves = pd.DataFrame({"run_id": ids * 2, "epoch": [0] * 12 + [1] * 12, "time": 4.0})
+    curves.loc[curves["run_id"] == "r0", "time"] = 3600.0
+    curves.to_csv(folder / "data_efficiency_curves.csv", index=False)
+    runs = results.load_results("data_efficiency", folder)
+    assert runs.loc[runs.run_id == "r0", "run_seconds"].item() == 7200.0
+    assert runs.loc[runs.run_id != "r0", "run_seconds"].equals(runs.loc[runs.run_id != "r0", "wall_time_s"])
+    line = results.run_provenance(runs)
+    assert "1 of them resumed after a kill" in line and f"{(7200 + runs.wall_time_s[1:].sum()) / 3600:.2f} h" in line
+    assert "resumed after a kill" not in results.run_provenance(runs[runs.run_id != "r0"])
+
+
 def test_select_on_validation_picks_each_arms_best_choice_without_looking_at_test():
     df = pd.DataFrame({
         "optimizer": ["sgd"] * 4 + ["adam"] * 4,
