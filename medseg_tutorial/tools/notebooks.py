@@ -16,9 +16,11 @@ differs from the one it was filled with.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +62,22 @@ def _timeout(repo: Path = REPO) -> int:
     return int(config.get("execute", {}).get("timeout", 600))
 
 
+@contextlib.contextmanager
+def _one_writer(cache: Path) -> Iterator[None]:
+    """Hold the cache's lock: two test workers finishing chapters at once made its SQLite database raise
+    ``OperationalError`` (jupyter-cache opens it with SQLite's 5-second busy wait, and creates its tables
+    without a guard)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks (and no parallel test workers by default)
+        yield
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # blocks until the other worker is done: its writes take moments
+        yield
+
+
 @dataclass(frozen=True)
 class Execution:
     """How one notebook fared: ``cached`` (ran earlier with the same inputs) or ran now in ``seconds``."""
@@ -85,19 +103,20 @@ def execute_cached(path: str | Path, cache: Path = CACHE) -> Execution:
 
     path = Path(path).resolve()
     nb = nbformat.read(path, as_version=4)
-    store = get_cache(str(cache))
-    try:
-        record = store.match_cache_notebook(nb)
-        return Execution(path, True, record.data.get("execution_seconds"))
-    except KeyError:
-        pass
-    store.add_nb_to_project(str(path))
+    with _one_writer(cache):
+        store = get_cache(str(cache))
+        try:
+            record = store.match_cache_notebook(nb)
+            return Execution(path, True, record.data.get("execution_seconds"))
+        except KeyError:
+            store.add_nb_to_project(str(path))
     result = single_nb_execution(nb, cwd=str(path.parent), timeout=_timeout(), allow_errors=False,
                                  meta_override=True)
     if result.err is not None:
         return Execution(path, False, result.time, result.exc_string or repr(result.err))
-    store.cache_notebook_bundle(CacheBundleIn(nb, str(path), data={"execution_seconds": result.time}),
-                                check_validity=False, overwrite=True)
+    with _one_writer(cache):
+        store.cache_notebook_bundle(CacheBundleIn(nb, str(path), data={"execution_seconds": result.time}),
+                                    check_validity=False, overwrite=True)
     return Execution(path, False, result.time)
 
 
