@@ -288,7 +288,7 @@ def run_provenance(df: pd.DataFrame) -> str:
         parts.append(f"wall time {t.sum() / 3600:.2f} h in total, median {t.median():.0f} s per run")
         short = int((t > df["wall_time_s"]).sum())
         if short:  # see _with_run_seconds
-            parts.append(f"{short} of them resumed after a kill that lost its time: counted by their epochs")
+            parts.append(f"{short} of them counted by their epoch times (a killed call lost their recorded time)")
     return "; ".join(parts)
 
 
