@@ -61,8 +61,9 @@ def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]], columns: 
 
 
 @contextmanager
-def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` for the ``with`` block; ``RunError`` naming ``what`` if it is taken.
+def exclusive_lock(path: str | os.PathLike, what: str, wait: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` for the ``with`` block; ``RunError`` naming ``what`` if it is taken
+    (``wait``: block until the other holder is done instead).
 
     The lock dies with its process, so a killed run never leaves a stale lock behind.
     """
@@ -75,7 +76,7 @@ def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
             owner = handle.read().strip() or "another process"

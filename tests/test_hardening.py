@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import threading
 from pathlib import Path
 
 import nibabel as nib
@@ -140,6 +141,22 @@ def test_two_runs_never_share_a_run_folder(tmp_path: Path) -> None:
             train(cfg, tmp_path, progress=False)
     assert not (tmp_path / "last.pt").exists()
     train(cfg, tmp_path, progress=False)  # free again
+
+
+def test_a_waiting_lock_blocks_until_the_holder_is_done(tmp_path: Path) -> None:
+    """What the notebook cache uses: the second holder waits instead of failing."""
+    acquired = threading.Event()
+
+    def second() -> None:
+        with exclusive_lock(tmp_path / ".lock", "notebook cache", wait=True):
+            acquired.set()
+
+    with exclusive_lock(tmp_path / ".lock", "notebook cache"):
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        assert not acquired.wait(0.3), "the lock was taken twice"
+    waiter.join(timeout=10)
+    assert acquired.is_set()
 
 
 def test_a_truncated_last_pt_is_one_line_and_stale_temporaries_are_cleaned(tmp_path: Path, capsys) -> None:

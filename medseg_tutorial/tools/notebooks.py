@@ -16,22 +16,25 @@ differs from the one it was filled with.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import shutil
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 import yaml
 
+from ..files import exclusive_lock
 from ..paths import REPO
 
 __all__ = ["execute_cached"]
 
 CACHE = REPO / "_build" / ".jupyter_cache"
+# Two test workers finishing chapters at once made the cache's SQLite database raise OperationalError
+# (jupyter-cache opens it with SQLite's 5-second busy wait and creates its tables without a guard):
+# every access holds this lock, with wait=True (the other worker's writes take moments).
+LOCK = ".lock"
 # what the chapters' outputs depend on besides their own code cells
 INPUTS = ("medseg_tutorial/**/*.py", "configs/**/*.yaml", "book/results/**/*.csv", "pyproject.toml")
 _STAMP = "inputs.sha256"
@@ -62,22 +65,6 @@ def _timeout(repo: Path = REPO) -> int:
     return int(config.get("execute", {}).get("timeout", 600))
 
 
-@contextlib.contextmanager
-def _one_writer(cache: Path) -> Iterator[None]:
-    """Hold the cache's lock: two test workers finishing chapters at once made its SQLite database raise
-    ``OperationalError`` (jupyter-cache opens it with SQLite's 5-second busy wait, and creates its tables
-    without a guard)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks (and no parallel test workers by default)
-        yield
-        return
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / ".lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # blocks until the other worker is done: its writes take moments
-        yield
-
-
 @dataclass(frozen=True)
 class Execution:
     """How one notebook fared: ``cached`` (ran earlier with the same inputs) or ran now in ``seconds``."""
@@ -103,7 +90,7 @@ def execute_cached(path: str | Path, cache: Path = CACHE) -> Execution:
 
     path = Path(path).resolve()
     nb = nbformat.read(path, as_version=4)
-    with _one_writer(cache):
+    with exclusive_lock(cache / LOCK, f"notebook cache {cache}", wait=True):
         store = get_cache(str(cache))
         try:
             record = store.match_cache_notebook(nb)
@@ -114,7 +101,7 @@ def execute_cached(path: str | Path, cache: Path = CACHE) -> Execution:
                                  meta_override=True)
     if result.err is not None:
         return Execution(path, False, result.time, result.exc_string or repr(result.err))
-    with _one_writer(cache):
+    with exclusive_lock(cache / LOCK, f"notebook cache {cache}", wait=True):
         store.cache_notebook_bundle(CacheBundleIn(nb, str(path), data={"execution_seconds": result.time}),
                                     check_validity=False, overwrite=True)
     return Execution(path, False, result.time)
