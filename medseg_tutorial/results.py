@@ -105,19 +105,27 @@ def load_results(
 
     Used in chapters 3-7, 9 and 10.
     """
+    return _read_tables(name, folder, required)[0]
+
+
+def _read_tables(name: str, folder: str | os.PathLike | None, required: Sequence[str]
+                 ) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """(the results table with ``run_seconds``, its per-epoch curves), each ``None`` where absent or empty."""
     path = results_path(name, folder)
     if not path.is_file():
-        return None
+        return None, None
     df = pd.read_csv(path)
     if df.empty:
-        return None
+        return None, None
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing columns {missing}; found {list(df.columns)}")
-    return _with_run_seconds(df, path.with_name(f"{path.stem}_curves.csv"))
+    curves_path = path.with_name(f"{path.stem}_curves.csv")
+    curves = pd.read_csv(curves_path) if curves_path.is_file() else None
+    return _with_run_seconds(df, curves), curves
 
 
-def _with_run_seconds(df: pd.DataFrame, curves: Path) -> pd.DataFrame:
+def _with_run_seconds(df: pd.DataFrame, epochs: pd.DataFrame | None) -> pd.DataFrame:
     """Add ``run_seconds``: ``wall_time_s``, or the sum of the run's epoch times where that is larger.
 
     Before the trainer kept a killed call's time in ``last.pt``, ``run.json`` added up only the calls
@@ -126,8 +134,7 @@ def _with_run_seconds(df: pd.DataFrame, curves: Path) -> pd.DataFrame:
     """
     if "wall_time_s" not in df.columns:
         return df
-    epochs = pd.read_csv(curves) if curves.is_file() else pd.DataFrame()
-    summed = df["run_id"].map(epochs.groupby("run_id")["time"].sum()) if "time" in epochs else None
+    summed = df["run_id"].map(epochs.groupby("run_id")["time"].sum()) if epochs is not None and "time" in epochs else None
     df["run_seconds"] = pd.concat([df["wall_time_s"], summed], axis=1).max(axis=1)  # NaN: the other
     return df
 
@@ -140,12 +147,11 @@ def load_curves(name: str, folder: str | os.PathLike | None = None) -> pd.DataFr
 
     Used in chapters 4-6, 9 and 10.
     """
-    runs = load_results(name, folder)
-    path = results_path(f"{name}_curves", folder)
-    if runs is None or not path.is_file():
+    runs, curves = _read_tables(name, folder, ("test_dice",))
+    if runs is None or curves is None or not len(curves):
         return None
-    curves = pd.read_csv(path).rename(columns={"lr": "epoch_lr", "val_dice": "epoch_val_dice"})
-    return curves.merge(runs, on="run_id", how="inner") if len(curves) else None
+    curves = curves.rename(columns={"lr": "epoch_lr", "val_dice": "epoch_val_dice"})
+    return curves.merge(runs, on="run_id", how="inner")
 
 
 def experiment_command(name: str) -> str:
