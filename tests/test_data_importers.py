@@ -20,7 +20,7 @@ from PIL import Image
 from medseg_tutorial.data import DataError, dataset_info, iter_cases, registry
 from medseg_tutorial.data.acdc import acdc_h5_items, acdc_official_split, read_acdc_nifti, read_info_cfg
 from medseg_tutorial.data.msd import msd_info, read_msd_task, register_msd_task
-from medseg_tutorial.data.paired import read_paired_folder
+from medseg_tutorial.data.folder import FolderOptions, folder_dataset
 from medseg_tutorial.tools import download as download_module
 from medseg_tutorial.tools.download import fetch_msd, msd_task_name
 
@@ -231,6 +231,7 @@ def _palette_png(path: Path, indices: np.ndarray) -> None:
 
 
 def test_paired_masks_folder_palette_regex_and_grayscale(tmp_path: Path) -> None:
+    # the COVID-SemiSeg layout (Imgs/ and GT/ under the same names), read by the folder dataset
     (tmp_path / "Imgs").mkdir()
     (tmp_path / "GT").mkdir()
     rng = np.random.default_rng(2)
@@ -241,7 +242,8 @@ def test_paired_masks_folder_palette_regex_and_grayscale(tmp_path: Path) -> None
         truth[stem] = rng.integers(0, 3, size=(8, 9))
         _palette_png(tmp_path / "GT" / f"{stem}.png", truth[stem])
 
-    cases = list(read_paired_folder(tmp_path / "Imgs", tmp_path / "GT", patient_rule=r"^(p\d+)_", grayscale=True))
+    opts = FolderOptions(subject=r"^(p\d+)_", stack=True, channels=1, class_names=["bg", "a", "b"])
+    cases = list(folder_dataset(tmp_path, opts).cases())
     assert [c.patient_id for c in cases] == ["p1", "p2"]
     p1 = cases[0]
     assert p1.slice_index.tolist() == [1, 2, 10] and p1.image.shape == (3, 1, 8, 9)
@@ -252,6 +254,7 @@ def test_paired_masks_folder_palette_regex_and_grayscale(tmp_path: Path) -> None
 
 
 def test_paired_masks_beside_binary_and_mapping(tmp_path: Path) -> None:
+    # the LGG layout (one folder per patient, "_mask" files beside the slices)
     folder = tmp_path / "patA"
     folder.mkdir()
     mask = np.zeros((6, 6), np.uint8)
@@ -260,25 +263,32 @@ def test_paired_masks_beside_binary_and_mapping(tmp_path: Path) -> None:
         tifffile.imwrite(folder / f"patA_{k}.tif", np.full((6, 6, 3), k, np.uint8))
         tifffile.imwrite(folder / f"patA_{k}_mask.tif", mask)
 
-    (case,) = list(read_paired_folder(tmp_path, patient_rule="folder"))
+    (case,) = list(folder_dataset(tmp_path, FolderOptions(stack=True)).cases())
     assert case.patient_id == "patA" and case.image.shape == (2, 3, 6, 6)
     assert set(np.unique(case.mask).tolist()) == {0, 1} and case.mask.sum() == 2 * 4
 
-    (mapped,) = list(read_paired_folder(tmp_path, patient_rule="folder", mask_mapping={0: 0, 255: 3}))
+    classes = ["bg", "a", "b", "c"]
+    (mapped,) = list(folder_dataset(tmp_path, FolderOptions(stack=True, mask_values={0: 0, 255: 3},
+                                                            class_names=classes)).cases())
     assert mapped.mask.max() == 3
-    with pytest.raises(DataError, match=r"patA_1_mask\.tif: mask values \[255\] are not in mask_mapping"):
-        list(read_paired_folder(tmp_path, patient_rule="folder", mask_mapping={0: 0}))
+    with pytest.raises(DataError, match=r"patA_1_mask\.tif: mask values \[255\] are not in data.folder.mask_values"):
+        list(folder_dataset(tmp_path, FolderOptions(stack=True, mask_values={0: 0}, class_names=classes)).cases())
 
 
 def test_paired_errors_name_the_file(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "a_1.png")
     Image.fromarray(np.zeros((4, 5), np.uint8)).save(tmp_path / "a_1_mask.png")
     with pytest.raises(DataError, match=r"a_1_mask\.png: mask shape \(4, 5\) differs from image shape \(5, 5\)"):
-        list(read_paired_folder(tmp_path))
-    with pytest.raises(DataError, match=r"a_1\.png: file name does not match patient_rule"):
-        read_paired_folder(tmp_path, patient_rule=r"^(case\d+)")
-    with pytest.raises(DataError, match="image folder does not exist"):
-        read_paired_folder(tmp_path / "nowhere")
+        list(folder_dataset(tmp_path, FolderOptions(class_names=["bg", "fg"])).cases())
+    with pytest.raises(DataError, match=r"a_1\.png: the path 'a_1' does not match data.folder.subject"):
+        folder_dataset(tmp_path, FolderOptions(subject=r"^(case\d+)"))
+    with pytest.raises(DataError, match="no such folder"):
+        folder_dataset(tmp_path / "nowhere")
+    with pytest.raises(DataError, match=r"LungInfection-Test: the official test part of COVID-SemiSeg is missing"):
+        covid = tmp_path / "covid19-ct-semiseg" / "TrainingSet" / "LungInfection-Train" / "Doctor-label"
+        for sub in ("Imgs", "GT"):
+            (covid / sub).mkdir(parents=True)
+        list(iter_cases("covid_ct", tmp_path))
 
 
 # --- fetch_msd, offline: a tiny archive served on the loopback interface ------------------------

@@ -245,11 +245,11 @@ def test_a_header_claiming_a_huge_volume_is_refused_before_reading(tmp_path: Pat
 
 
 def test_a_damaged_image_file_is_named(tmp_path: Path) -> None:
-    from medseg_tutorial.data.paired import _channels_first
+    from medseg_tutorial.data._io import channels_first
     from medseg_tutorial.evaluate import _read_image
 
     with pytest.raises(DataError, match=r"x\.tif: holds no image"):
-        _channels_first(np.zeros((0,), np.uint8), tmp_path / "x.tif")
+        channels_first(np.zeros((0,), np.uint8), tmp_path / "x.tif")
     garbage = tmp_path / "garbage.png"
     garbage.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
     with pytest.raises(DataError, match=r"garbage\.png: cannot read the image"):

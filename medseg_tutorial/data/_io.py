@@ -1,4 +1,5 @@
-"""Plumbing shared by the importers and the checker: file items, safe reading, stacking slices.
+"""Plumbing shared by the importers and the checker: file items, safe reading of NIfTI and 2-D image
+files, stacking slices.
 
 A download layout is a :class:`FileLayout`: list the files as :class:`Item` records, read one into a
 :class:`Volume`, stack a patient's items into a :class:`~.types.Case`. Importers and :mod:`.check`
@@ -16,6 +17,8 @@ from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
+import tifffile
+from PIL import Image
 
 from .errors import DataError
 from .types import Case
@@ -84,6 +87,43 @@ def check_labels(mask: np.ndarray, num_classes: int, path: str | Path) -> None:
     if mask.size and mask.max() >= num_classes:
         bad = np.unique(mask[mask >= num_classes]).tolist()
         raise DataError(path, f"label values {bad} outside the {num_classes} declared classes", "bad_labels")
+
+
+# --- 2-D image files (PNG, JPEG, TIFF, BMP) -------------------------------------------------------
+
+
+def _read_pil(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.array(im)  # mode "P" gives palette indices, not colours
+
+
+# tifffile reads what PIL cannot (16-bit multi-sample, float, multi-page TIFF)
+READERS: dict[str, Callable[[Path], np.ndarray]] = {
+    **dict.fromkeys((".png", ".jpg", ".jpeg", ".bmp"), _read_pil),
+    **dict.fromkeys((".tif", ".tiff"), tifffile.imread),
+}
+
+
+def read_image_file(path: Path) -> np.ndarray:
+    """Pixels of one 2-D image file, through the reader registered for its suffix."""
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(path, f"unsupported file type {path.suffix!r}; known: {sorted(READERS)}", "invalid")
+    with reading(path, "image file"):
+        return reader(path)
+
+
+def channels_first(pixels: np.ndarray, path: Path) -> np.ndarray:
+    """An image file's pixels as (C, H, W): (H, W) and (H, W, C) as most files give them, (C, H, W) planar TIFF."""
+    if pixels.size == 0 or pixels.ndim < 2:
+        raise DataError(path, f"holds no image (shape {pixels.shape}): an empty or damaged image file", "unreadable")
+    if pixels.ndim == 2:
+        return pixels[None]
+    if pixels.ndim == 3 and pixels.shape[-1] <= 4:  # (H, W, C) as PIL and most TIFFs give it
+        return pixels.transpose(2, 0, 1)
+    if pixels.ndim == 3 and pixels.shape[0] <= 4:  # (C, H, W) planar TIFF
+        return pixels
+    raise DataError(path, f"cannot tell the channel axis of an image with shape {pixels.shape}", "invalid")
 
 
 # --- NIfTI --------------------------------------------------------------------------------------

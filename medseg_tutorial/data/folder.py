@@ -4,8 +4,8 @@
 (:class:`FolderOptions`; one left ``None`` is detected from the files by :func:`detect_layout`), and
 the run folder stores them with everything detected filled in, so later processes rebuild the very
 same dataset. Masks sit in their own folder under the images' names or beside the images with a
-suffix, one file per image or one per object (``instances``); files are 2-D images (:mod:`.paired`)
-or NIfTI volumes (:mod:`._io`). Each 2-D image is its own volume (``Case.group``) inside its subject
+suffix, one file per image or one per object (``instances``); files are 2-D images or NIfTI volumes
+(both read by :mod:`._io`). Each 2-D image is its own volume (``Case.group``) inside its subject
 (``Case.patient_id``, what the split keeps apart) unless ``stack: true``.
 """
 
@@ -26,9 +26,13 @@ import numpy as np
 
 from ..errors import ConfigError
 from ._io import (
+    READERS,
     FileLayout,
     Item,
     Volume,
+    as_labels,
+    channels_first,
+    read_image_file,
     read_nifti_image,
     read_nifti_labels,
     reading,
@@ -37,7 +41,6 @@ from ._io import (
 )
 from .errors import DataError
 from .nnunet import is_nnunet_raw, nnunet_info, nnunet_layout
-from .paired import _TRAILING_NUMBER, READERS, _channels_first, _labels, read_image_file
 from .registry import Dataset
 from .types import Case, DatasetInfo
 
@@ -53,6 +56,7 @@ _VOLUME_EXTENSIONS = (".nii.gz", ".nii")
 # without class names, a mask whose largest value is above this is not a label map (a 0/128/255 mask?)
 MAX_INFERRED_LABEL = 31
 _COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
+_TRAILING_NUMBER = re.compile(r"(\d+)$")  # orders a subject's images: scan_2 before scan_10
 
 
 def _fail(key: str, why: str) -> None:
@@ -366,7 +370,11 @@ def mask_labels(pixels: np.ndarray, path: Path, mapping: dict | None) -> np.ndar
             raise DataError(path, "colour mask whose channels differ: map its colours to classes with "
                             "data.folder.mask_values, e.g. {'#ff0000': 1}", "bad_labels")
         pixels = rgb[..., 0]
-    return _labels(pixels, path, None) if mapping is None else _map_values(pixels, path, mapping)
+    if mapping is not None:
+        return _map_values(pixels, path, mapping)
+    if pixels.max(initial=0) == 255 and set(np.unique(pixels).tolist()) <= {0, 255}:
+        pixels = pixels == 255  # a binary mask saved as black and white
+    return as_labels(pixels, path)
 
 
 def _read_labels(path: Path, mapping: dict | None) -> np.ndarray:
@@ -408,7 +416,7 @@ def to_channels(image: np.ndarray, channels: int | None, path: Path) -> np.ndarr
 def _read_image(path: Path, spacing: tuple[float, float] | None, opts: FolderOptions):
     if is_volume(path):
         return read_nifti_image(path)
-    image = _channels_first(read_image_file(path), path).astype(np.float32)[None]
+    image = channels_first(read_image_file(path), path).astype(np.float32)[None]
     return image, (1.0, *(spacing or opts.spacing))
 
 

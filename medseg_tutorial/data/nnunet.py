@@ -26,6 +26,7 @@ from ._io import (
     Item,
     Volume,
     as_labels,
+    read_image_file,
     read_nifti_image,
     read_nifti_labels,
     reading,
@@ -33,7 +34,6 @@ from ._io import (
     same_grid,
 )
 from .errors import DataError
-from .paired import read_image_file
 from .registry import register_dataset
 from .types import Case, DatasetInfo
 

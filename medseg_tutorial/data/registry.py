@@ -38,7 +38,7 @@ class _Entry:
 
 _REGISTRY: dict[str, _Entry] = {}
 # modules of this package whose import registers datasets (by name: they import this module)
-BUILTIN_IMPORTERS = ("phantom", "msd", "acdc", "paired")
+BUILTIN_IMPORTERS = ("phantom", "msd", "acdc", "lgg_covid")
 PLUGIN_GROUP = "medseg_tutorial.datasets"
 _loaded = False
 

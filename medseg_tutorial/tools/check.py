@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data._io import FileLayout, check_labels, group_items, stack_slices
+from ..data._io import READERS, FileLayout, check_labels, group_items, stack_slices
 from ..data.acdc import ACDC, ACDC_H5_LAYOUT, ACDC_NIFTI_LAYOUT
 from ..data.errors import DataError
 from ..data.folder import (
@@ -33,7 +33,6 @@ from ..data.folder import (
 )
 from ..data.msd import msd_info, msd_layout
 from ..data.nnunet import is_msd_task, is_nnunet_raw, nnunet_info, nnunet_layout
-from ..data.paired import READERS
 from ..data.registry import dataset_importer, dataset_info, dataset_path, iter_cases, list_datasets
 from ..data.summary import DatasetTally
 from ..errors import ConfigError
