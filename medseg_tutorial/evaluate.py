@@ -23,6 +23,7 @@ from torch import nn
 
 from .activations import label_map
 from .config import Config
+from .data._io import READERS, channels_first, read_image_file
 from .data.errors import DataError
 from .data.preprocess import normalize_case, pad_or_crop, resize_slices, resized_shape, stack_context
 from .data.registry import dataset_info
@@ -35,9 +36,6 @@ from .metrics import per_patient_scores, summarize_scores
 from .models import load_checkpoint, normalize_input
 
 __all__ = ["Predictor", "evaluate", "predict", "predict_folder", "predict_nifti", "save_overlays"]
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-
 
 def _forward(model: nn.Module, x: torch.Tensor, device: torch.device, normalize: Callable | None,
              amp_dtype: torch.dtype | None, channels_last: bool) -> torch.Tensor:
@@ -180,9 +178,11 @@ class Predictor:
         return pad_or_crop(restore_size(labels, tuple(crop), self.size, mode), hw, 0)
 
     def _match_channels(self, image: np.ndarray) -> np.ndarray:
-        """Repeat a grey channel for an RGB model, or average colour channels for a grey one."""
+        """Drop an alpha channel, repeat a grey channel for an RGB model, or take the luma of colour for a grey one."""
         # a 2.5-D model takes 2 k + 1 slices of the image's channels (stacked after preprocessing)
         wanted, have = self.meta["config"]["in_channels"] // (2 * self.context + 1), image.shape[1]
+        if have in (2, 4) and wanted == have - 1:  # grey + alpha, RGBA: alpha carries no intensity
+            return image[:, :wanted]
         if have == wanted:
             return image
         if have == 1:
@@ -422,35 +422,13 @@ def _pick_slices(masks: np.ndarray, preds: np.ndarray, n: int) -> list[int]:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    """A 2-D image file as float32 (1, C, H, W); an unreadable file is a DataError naming it."""
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            array = tifffile.imread(path)
-        else:
-            from PIL import Image
-
-            with Image.open(path) as img:
-                array = np.asarray(img.convert("RGB") if img.mode in ("P", "CMYK", "YCbCr") else img)
-    except Exception as err:  # PIL, tifffile and zlib raise their own types for damaged files
-        raise DataError(path, f"cannot read the image ({type(err).__name__}: {' '.join(str(err).split())[:120]})",
-                        "unreadable") from None
-    array = np.asarray(array, np.float32)
-    if array.size == 0:
-        raise DataError(path, "holds no image (an empty or damaged image file)", "unreadable")
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3:
-        raise ValueError(f"{path}: expected a 2-D image (H, W[, C]), got shape {array.shape}")
-    if array.shape[-1] == 4:
-        array = array[..., :3]  # drop alpha
-    return np.ascontiguousarray(array.transpose(2, 0, 1)[None])
+    """A 2-D image file as float32 (1, C, H, W), read as the ``folder`` dataset reads training images."""
+    return channels_first(read_image_file(path), path).astype(np.float32)[None]
 
 
 def predict_folder(checkpoint: str | os.PathLike, folder: str | os.PathLike, out_dir: str | os.PathLike, *,
                    device: str = "auto", exclude: str | None = None, batch_size: int = 32) -> list[Path]:
-    """Segment every PNG/JPEG/TIFF in ``folder``; write ``out_dir/<name>.png`` label maps (uint8).
+    """Segment every PNG/JPEG/TIFF/BMP in ``folder``; write ``out_dir/<name>.png`` label maps (uint8).
 
     Files whose stem ends with ``exclude`` (masks beside their images), optionally plus ``_N`` (one
     mask per object), are skipped; ``None`` means the mask suffix of the model's ``folder`` dataset,
@@ -462,10 +440,10 @@ def predict_folder(checkpoint: str | os.PathLike, folder: str | os.PathLike, out
     if exclude is None:
         exclude = (predictor.config.get("data", {}).get("folder") or {}).get("mask_suffix") or "_mask"
     skip = re.compile(rf".*{re.escape(exclude)}(?:_\d+)?") if exclude else None
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in READERS
                    and not (skip and skip.fullmatch(p.stem)))
     if not files:
-        raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} images in {folder}")
+        raise FileNotFoundError(f"no {'/'.join(READERS)} images in {folder}")
     from PIL import Image
 
     out_dir.mkdir(parents=True, exist_ok=True)

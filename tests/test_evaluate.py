@@ -196,12 +196,15 @@ def test_predict_folder_png_jpg_tiff(run, tmp_path: Path) -> None:
     Image.fromarray(gray).save(folder / "a.png")
     Image.fromarray(np.stack([gray] * 3, -1)).save(folder / "b.jpg")  # RGB for a 1-channel model
     tifffile.imwrite(folder / "c.tif", gray[:32, :32])
+    Image.fromarray(np.stack([gray] * 3 + [np.full_like(gray, 99)], -1), mode="RGBA").save(folder / "d.png")
     Image.fromarray(gray).save(folder / "a_mask.png")  # a mask beside its image: skipped
     (folder / "notes.txt").write_text("not an image")
     written = predict_folder(run_dir / "best.pt", folder, tmp_path / "out", device="cpu")
-    assert [p.name for p in written] == ["a.png", "b.png", "c.png"]
+    assert [p.name for p in written] == ["a.png", "b.png", "c.png", "d.png"]
     sizes = [Image.open(p).size for p in written]
-    assert sizes == [(56, 40), (56, 40), (32, 32)]  # (width, height) of each input
+    assert sizes == [(56, 40), (56, 40), (32, 32), (56, 40)]  # (width, height) of each input
+    # grey RGBA: its luma is the grey image (alpha ignored), so its labels are those of a.png
+    np.testing.assert_array_equal(np.asarray(Image.open(written[3])), np.asarray(Image.open(written[0])))
     for p in written:
         assert set(np.unique(np.asarray(Image.open(p)))) <= {0, 1, 2}
     (tmp_path / "empty").mkdir()

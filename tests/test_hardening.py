@@ -252,7 +252,7 @@ def test_a_damaged_image_file_is_named(tmp_path: Path) -> None:
         channels_first(np.zeros((0,), np.uint8), tmp_path / "x.tif")
     garbage = tmp_path / "garbage.png"
     garbage.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
-    with pytest.raises(DataError, match=r"garbage\.png: cannot read the image"):
+    with pytest.raises(DataError, match=r"garbage\.png: cannot read image file"):
         _read_image(garbage)
 
 
