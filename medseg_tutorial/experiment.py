@@ -50,8 +50,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,7 @@ import yaml
 
 from . import __version__
 from .config import Config, ConfigError, deep_merge, get_dotted, load_config, set_dotted
-from .files import atomic_write, write_csv
+from .files import atomic_write, exclusive_lock, write_csv
 from .paths import cache_dir
 from .provenance import git_commit, hardware_label
 
@@ -503,21 +503,9 @@ def coverage(name: str, preset: str = "cpu", results: str | os.PathLike | None =
                     len(done - ids - {s.run_id for s in grid}), {s.run_id for s in later})
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock next to ``path``, so that shards of one sweep can share a results table."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # Windows: one process per table
-        yield
-        return
-    with open(path.with_name(f".{path.name}.lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _locked(path: Path) -> AbstractContextManager[None]:
+    """An exclusive lock next to ``path``, waited for, so that shards of one sweep can share a results table."""
+    return exclusive_lock(path.with_name(f".{path.name}.lock"), f"results table {path}", wait=True)
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
