@@ -423,7 +423,7 @@ def _pick_slices(masks: np.ndarray, preds: np.ndarray, n: int) -> list[int]:
 
 def _read_image(path: Path) -> np.ndarray:
     """A 2-D image file as float32 (1, C, H, W), read as the ``folder`` dataset reads training images."""
-    return channels_first(read_image_file(path), path).astype(np.float32)[None]
+    return channels_first(read_image_file(path, colours=True), path).astype(np.float32)[None]
 
 
 def predict_folder(checkpoint: str | os.PathLike, folder: str | os.PathLike, out_dir: str | os.PathLike, *,

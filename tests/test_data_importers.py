@@ -19,8 +19,8 @@ from PIL import Image
 
 from medseg_tutorial.data import DataError, dataset_info, iter_cases, registry
 from medseg_tutorial.data.acdc import acdc_h5_items, acdc_official_split, read_acdc_nifti, read_info_cfg
-from medseg_tutorial.data.msd import msd_info, read_msd_task, register_msd_task
 from medseg_tutorial.data.folder import FolderOptions, folder_dataset
+from medseg_tutorial.data.msd import msd_info, read_msd_task, register_msd_task
 from medseg_tutorial.tools import download as download_module
 from medseg_tutorial.tools.download import fetch_msd, msd_task_name
 
@@ -251,6 +251,17 @@ def test_paired_masks_folder_palette_regex_and_grayscale(tmp_path: Path) -> None
         np.testing.assert_array_equal(p1.mask[k], truth[stem])  # palette indices, not colours
     gray = np.asarray(Image.open(tmp_path / "Imgs" / "p1_1.png").convert("L"), dtype=np.float32)
     np.testing.assert_allclose(p1.image[0, 0], gray, atol=1.0)  # same weights as PIL's "L"
+
+
+def test_a_palette_image_gives_colours_and_a_palette_mask_gives_indices(tmp_path: Path) -> None:
+    indices = np.array([[0, 1], [2, 1]], np.uint8)
+    _palette_png(tmp_path / "scan.png", indices)  # palette: 0 black, 1 dark red, 2 dark green
+    _palette_png(tmp_path / "scan_mask.png", indices)
+    (case,) = list(folder_dataset(tmp_path, FolderOptions(class_names=["bg", "a", "b"])).cases())
+    assert case.image.shape == (1, 3, 2, 2)  # an image to segment: its colours, as RGB
+    np.testing.assert_array_equal(case.image[0, :, 0, 1], [128, 0, 0])
+    np.testing.assert_array_equal(case.image[0, :, 1, 0], [0, 128, 0])
+    np.testing.assert_array_equal(case.mask[0], indices)  # a mask: the class indices its palette stores
 
 
 def test_paired_masks_beside_binary_and_mapping(tmp_path: Path) -> None:

@@ -92,25 +92,35 @@ def check_labels(mask: np.ndarray, num_classes: int, path: str | Path) -> None:
 # --- 2-D image files (PNG, JPEG, TIFF, BMP) -------------------------------------------------------
 
 
-def _read_pil(path: Path) -> np.ndarray:
+def _read_pil(path: Path, colours: bool) -> np.ndarray:
     with Image.open(path) as im:
+        if colours and im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+            im = im.convert("RGB")
         return np.array(im)  # mode "P" gives palette indices, not colours
 
 
+def _read_tiff(path: Path, colours: bool) -> np.ndarray:
+    return tifffile.imread(path)
+
+
 # tifffile reads what PIL cannot (16-bit multi-sample, float, multi-page TIFF)
-READERS: dict[str, Callable[[Path], np.ndarray]] = {
+READERS: dict[str, Callable[[Path, bool], np.ndarray]] = {
     **dict.fromkeys((".png", ".jpg", ".jpeg", ".bmp"), _read_pil),
-    **dict.fromkeys((".tif", ".tiff"), tifffile.imread),
+    **dict.fromkeys((".tif", ".tiff"), _read_tiff),
 }
 
 
-def read_image_file(path: Path) -> np.ndarray:
-    """Pixels of one 2-D image file, through the reader registered for its suffix."""
+def read_image_file(path: Path, colours: bool = False) -> np.ndarray:
+    """Pixels of one 2-D image file, through the reader registered for its suffix.
+
+    A palette PNG gives its indices, which is what a mask's palette holds; ``colours=True`` (for an image to
+    segment) gives its colours instead, as RGB, and so for CMYK and other colour spaces.
+    """
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise DataError(path, f"unsupported file type {path.suffix!r}; known: {sorted(READERS)}", "invalid")
     with reading(path, "image file"):
-        return reader(path)
+        return reader(path, colours)
 
 
 def channels_first(pixels: np.ndarray, path: Path) -> np.ndarray:

@@ -416,7 +416,7 @@ def to_channels(image: np.ndarray, channels: int | None, path: Path) -> np.ndarr
 def _read_image(path: Path, spacing: tuple[float, float] | None, opts: FolderOptions):
     if is_volume(path):
         return read_nifti_image(path)
-    image = channels_first(read_image_file(path), path).astype(np.float32)[None]
+    image = channels_first(read_image_file(path, colours=True), path).astype(np.float32)[None]
     return image, (1.0, *(spacing or opts.spacing))
 
 
