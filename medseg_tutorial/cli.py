@@ -111,14 +111,20 @@ def _data_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _data_prepare(args: argparse.Namespace) -> int:
-    from .config import load_config
-
+def _config_and_overrides(args: argparse.Namespace, hint: str) -> tuple[str, list[str]]:
+    """(the config, its ``key=value`` overrides): ``--config``, or a first item that is no override."""
     items = list(args.items)
     config = args.config or (items.pop(0) if items and "=" not in items[0] else None)
     if config is None:
-        raise ValueError("no config: pass one, e.g. `medseg data prepare folder data.path=DIR` or "
-                         "`medseg data prepare lgg`")
+        raise ValueError(f"no config: {hint}")
+    return config, items
+
+
+def _data_prepare(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    config, items = _config_and_overrides(args, "pass one, e.g. `medseg data prepare folder data.path=DIR` or "
+                                                "`medseg data prepare lgg`")
     items += [f"data.root={args.root}"] if args.root else []
     cfg = load_config(config, items)
     cfg.data.rebuild = cfg.data.rebuild or args.rebuild
@@ -212,10 +218,7 @@ def _train(args: argparse.Namespace) -> int:
     from .paths import shown
     from .train import train
 
-    items = list(args.items)
-    config = args.config or (items.pop(0) if items and "=" not in items[0] else None)
-    if config is None:
-        raise ValueError("no config: pass --config FILE.yaml (or a shipped name such as phantom)")
+    config, items = _config_and_overrides(args, "pass --config FILE.yaml (or a shipped name such as phantom)")
     cfg = load_config(config, items)
     _set_threads(args.threads)
     result = train(cfg, args.run_dir, resume=args.resume, progress=args.progress)
