@@ -397,16 +397,22 @@ class Config:
 # --- loading -------------------------------------------------------------------------------------
 
 
-def find_config(name: str | os.PathLike) -> Path:
-    """Resolve a config path, or a bare name such as ``"hippocampus"`` to a shipped ``configs/*.yaml``."""
+def config_folders(kind: str = "") -> list[Path]:
+    """Where shipped files are looked for: ``configs/KIND`` under the working directory, then in this checkout."""
+    return [Path.cwd() / "configs" / kind, REPO / "configs" / kind]
+
+
+def find_config(name: str | os.PathLike, kind: str = "") -> Path:
+    """Resolve a config path, or a bare name such as ``"hippocampus"`` to a shipped ``configs/KIND/*.yaml``."""
     path = Path(name)
     if path.is_file():
         return path
     stem = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
-    for folder in (Path.cwd() / "configs", REPO / "configs"):
+    for folder in config_folders(kind):
         if (folder / stem).is_file():
             return folder / stem
-    raise FileNotFoundError(f"config {str(name)!r} not found (looked for the file and for configs/{stem})")
+    raise FileNotFoundError(f"config {str(name)!r} not found (looked for the file and for "
+                            f"{Path('configs', kind, stem).as_posix()})")
 
 
 def load_config(path: str | os.PathLike | dict[str, Any], overrides: list[str] | None = None,

@@ -61,7 +61,16 @@ import torch
 import yaml
 
 from . import __version__
-from .config import Config, ConfigError, deep_merge, get_dotted, load_config, set_dotted
+from .config import (
+    Config,
+    ConfigError,
+    config_folders,
+    deep_merge,
+    find_config,
+    get_dotted,
+    load_config,
+    set_dotted,
+)
 from .files import atomic_write, exclusive_lock, write_csv
 from .paths import cache_dir
 from .provenance import git_commit, hardware_label
@@ -130,28 +139,18 @@ class RunSpec:
     points: dict[str, Any] = field(default_factory=dict)  # axis -> the value this run takes on it
 
 
-def _search_folders() -> list[Path]:
-    here = Path(__file__).resolve().parent
-    return [Path.cwd() / "configs" / "experiments", here.parent / "configs" / "experiments",
-            here / "configs" / "experiments"]
-
-
 def find_experiment(name: str | os.PathLike) -> Path:
     """An experiment file: a path, or a name such as ``"data_efficiency"`` in ``configs/experiments/``."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    stem = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
-    for folder in _search_folders():
-        if (folder / stem).is_file():
-            return folder / stem
-    known = ", ".join(list_experiments()) or "none found"
-    raise FileNotFoundError(f"experiment {str(name)!r} not found (known: {known})")
+    try:
+        return find_config(name, "experiments")
+    except FileNotFoundError:
+        known = ", ".join(list_experiments()) or "none found"
+        raise FileNotFoundError(f"experiment {str(name)!r} not found (known: {known})") from None
 
 
 def list_experiments() -> list[str]:
     """Names of the experiment files shipped in ``configs/experiments/``."""
-    return sorted({p.stem for folder in _search_folders() if folder.is_dir() for p in folder.glob("*.yaml")})
+    return sorted({p.stem for folder in config_folders("experiments") if folder.is_dir() for p in folder.glob("*.yaml")})
 
 
 def _project_root(path: Path) -> Path:
