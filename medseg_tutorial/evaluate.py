@@ -25,6 +25,7 @@ from .activations import label_map
 from .config import Config
 from .data._io import READERS, channels_first, read_image_file
 from .data.errors import DataError
+from .data.folder import to_channels, without_alpha
 from .data.preprocess import normalize_case, pad_or_crop, resize_slices, resized_shape, stack_context
 from .data.registry import dataset_info
 from .data.splits import load_split, patient_split
@@ -36,6 +37,7 @@ from .metrics import per_patient_scores, summarize_scores
 from .models import load_checkpoint, normalize_input
 
 __all__ = ["Predictor", "evaluate", "predict", "predict_folder", "predict_nifti", "save_overlays"]
+
 
 def _forward(model: nn.Module, x: torch.Tensor, device: torch.device, normalize: Callable | None,
              amp_dtype: torch.dtype | None, channels_last: bool) -> torch.Tensor:
@@ -178,11 +180,9 @@ class Predictor:
         return pad_or_crop(restore_size(labels, tuple(crop), self.size, mode), hw, 0)
 
     def _match_channels(self, image: np.ndarray) -> np.ndarray:
-        """Drop an alpha channel, repeat a grey channel for an RGB model, or take the luma of colour for a grey one."""
+        """Repeat a grey channel for an RGB model, or average colour channels for a grey one."""
         # a 2.5-D model takes 2 k + 1 slices of the image's channels (stacked after preprocessing)
         wanted, have = self.meta["config"]["in_channels"] // (2 * self.context + 1), image.shape[1]
-        if have in (2, 4) and wanted == have - 1:  # grey + alpha, RGBA: alpha carries no intensity
-            return image[:, :wanted]
         if have == wanted:
             return image
         if have == 1:
@@ -422,8 +422,10 @@ def _pick_slices(masks: np.ndarray, preds: np.ndarray, n: int) -> list[int]:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    """A 2-D image file as float32 (1, C, H, W), read as the ``folder`` dataset reads training images."""
-    return channels_first(read_image_file(path, colours=True), path).astype(np.float32)[None]
+    """A 2-D image file as float32 (1, C, H, W), read as the ``folder`` dataset reads training images
+    (an alpha channel dropped)."""
+    image = channels_first(read_image_file(path, colours=True), path).astype(np.float32)[None]
+    return to_channels(image, without_alpha(image.shape[1]), path)
 
 
 def predict_folder(checkpoint: str | os.PathLike, folder: str | os.PathLike, out_dir: str | os.PathLike, *,

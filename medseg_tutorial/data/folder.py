@@ -413,6 +413,11 @@ def to_channels(image: np.ndarray, channels: int | None, path: Path) -> np.ndarr
                     "invalid")
 
 
+def without_alpha(channels: int) -> int:
+    """The channels of a 2-D image file once its alpha channel is dropped: grey + alpha gives 1, RGBA 3."""
+    return {2: 1, 4: 3}.get(channels, channels)
+
+
 def _read_image(path: Path, spacing: tuple[float, float] | None, opts: FolderOptions):
     if is_volume(path):
         return read_nifti_image(path)
@@ -491,7 +496,7 @@ def folder_dataset(path: str | os.PathLike, options: FolderOptions | None = None
             raise DataError(root / opts.images, "no images found (PNG, JPEG, TIFF, BMP, NIfTI)", "empty")
         if opts.channels is None:  # the first image's; the alpha channel of an image file does not count
             have = _read_image(items[0].image, items[0].spacing, opts)[0].shape[1]
-            opts.channels = have if is_volume(items[0].image) else {2: 1, 4: 3}.get(have, have)
+            opts.channels = have if is_volume(items[0].image) else without_alpha(have)
         if opts.class_names is None:
             opts.class_names = _infer_class_names(items, opts)
     opts.channel_names = opts.channel_names or _default_channel_names(opts.channels)
