@@ -180,7 +180,7 @@ class Predictor:
         return pad_or_crop(restore_size(labels, tuple(crop), self.size, mode), hw, 0)
 
     def _match_channels(self, image: np.ndarray) -> np.ndarray:
-        """Repeat a grey channel for an RGB model, or average colour channels for a grey one."""
+        """Repeat a grey channel for an RGB model, or take the ITU-R 601 luma of colour (alpha dropped) for a grey one."""
         # a 2.5-D model takes 2 k + 1 slices of the image's channels (stacked after preprocessing)
         wanted, have = self.meta["config"]["in_channels"] // (2 * self.context + 1), image.shape[1]
         if have == wanted:
