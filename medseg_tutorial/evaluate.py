@@ -23,7 +23,7 @@ from torch import nn
 
 from .activations import label_map
 from .config import Config
-from .data._io import READERS, channels_first, read_image_file
+from .data._io import READERS, luma, read_image_slice
 from .data.errors import DataError
 from .data.folder import to_channels, without_alpha
 from .data.preprocess import normalize_case, pad_or_crop, resize_slices, resized_shape, stack_context
@@ -188,7 +188,7 @@ class Predictor:
         if have == 1:
             return np.repeat(image, wanted, axis=1)
         if wanted == 1 and have in (3, 4):  # ITU-R 601 luma, alpha dropped
-            return np.tensordot(np.array([0.299, 0.587, 0.114], np.float32), image[:, :3], axes=([0], [1]))[:, None]
+            return luma(image)
         raise ValueError(f"the model takes {wanted} channels, the image has {have}")
 
 
@@ -424,7 +424,7 @@ def _pick_slices(masks: np.ndarray, preds: np.ndarray, n: int) -> list[int]:
 def _read_image(path: Path) -> np.ndarray:
     """A 2-D image file as float32 (1, C, H, W), read as the ``folder`` dataset reads training images
     (an alpha channel dropped)."""
-    image = channels_first(read_image_file(path, colours=True), path).astype(np.float32)[None]
+    image = read_image_slice(path)
     return to_channels(image, without_alpha(image.shape[1]), path)
 
 

@@ -31,8 +31,9 @@ from ._io import (
     Item,
     Volume,
     as_labels,
-    channels_first,
+    luma,
     read_image_file,
+    read_image_slice,
     read_nifti_image,
     read_nifti_labels,
     reading,
@@ -401,8 +402,8 @@ def to_channels(image: np.ndarray, channels: int | None, path: Path) -> np.ndarr
     have = image.shape[1]
     if channels is None or have == channels:
         return image
-    if channels == 1 and have >= 3:  # ITU-R 601 weights, as PIL's "L" mode
-        return np.tensordot(image[:, :3], np.array([0.299, 0.587, 0.114], np.float32), axes=([1], [0]))[:, None]
+    if channels == 1 and have >= 3:
+        return luma(image)
     if channels == 1 and have == 2:  # grey + alpha
         return image[:, :1]
     if channels == 3 and have in (1, 2):
@@ -421,8 +422,7 @@ def without_alpha(channels: int) -> int:
 def _read_image(path: Path, spacing: tuple[float, float] | None, opts: FolderOptions):
     if is_volume(path):
         return read_nifti_image(path)
-    image = channels_first(read_image_file(path, colours=True), path).astype(np.float32)[None]
-    return image, (1.0, *(spacing or opts.spacing))
+    return read_image_slice(path), (1.0, *(spacing or opts.spacing))
 
 
 def read_folder_item(item: Item, opts: FolderOptions) -> Volume:
