@@ -6,14 +6,14 @@
 #   scripts/cpu_campaign.sh [EXPERIMENT ...]     # default: all seven; data_efficiency (with seed 0 mostly done) last
 #   CAMPAIGN_COMMIT=abc123 scripts/cpu_campaign.sh  # the commit for tables that have no rows yet
 #                                                   # (default HEAD; a table with rows keeps their commit)
-#   CAMPAIGN_PLAN_ONLY=1 scripts/cpu_campaign.sh    # print the compute plans and stop
+#   CAMPAIGN_PLAN_ONLY=1 scripts/cpu_campaign.sh    # print the compute plans and the queue, and stop
 #   scripts/cpu_campaign.sh --stop                  # stop cleanly (before a session ends, or to free the cores)
 #
 # Resumable across sessions: rows already in a table are skipped and a run cut short resumes from its
-# last.pt (run folders live under $CAMPAIGN_DIR, outside the repository). Each shard works through
-# seed 0 of every experiment first, then seed 1, then seed 2, so every table has a whole seed early. Runs that wait for a
-# tuning seed (optimizers: the other seeds run at the LR chosen on seed 0) are picked up by a second
-# pass once both shards are done. Commit the tables as rows land:
+# last.pt (run folders live under $CAMPAIGN_DIR, outside the repository). Two workers take the pending
+# runs from one queue, seed 0 of every experiment first, then seed 1, then seed 2, so every table has a
+# whole seed early. Runs that wait for a tuning seed (optimizers: the other seeds run at the LR chosen
+# on seed 0) are picked up by a second pass once both workers are done. Commit the tables as rows land:
 #   git add book/results/cpu && git commit -m "..."
 set -euo pipefail
 
@@ -74,25 +74,70 @@ run() {  # run EXPERIMENT SHARD [ARGS]: one shard of one experiment, in its tabl
         --run-root "$campaign_dir/runs/$name" "$@")
 }
 
+claims=$campaign_dir/claims
+mkdir -p "$claims"
+rm -f "$claims"/*.done  # a marker only saves a worker a look at a finished run within this start
 for name in "${experiments[@]}"; do  # the compute plan of each experiment, before anything starts
     echo "$name at $(basename "${worktree[$name]}"):"
-    run "$name" 0/1 --dry-run | sed "/^\[/,\$d"
+    run "$name" 0/1 --dry-run >"$claims/listing-$name"  # kept for the first queue
+    sed "/^\[/,\$d" "$claims/listing-$name"
 done
 
-[ -z "${CAMPAIGN_PLAN_ONLY:-}" ] || exit 0
-
-shard() {  # shard K/2: seed 0 of every experiment, then seed 1, then seed 2 (every table fills in early)
-    local k=$1
-    for seed in 0 1 2; do
-        for name in "${experiments[@]}"; do
-            run "$name" "$k/2" --where "train.seed=$seed" || echo "$name seed $seed shard $k/2: some runs failed"
-        done
-    done
+# A work queue rather than fixed halves: with fixed shards one worker can end hours before the other
+# (runs differ in length), and half the machine idles. Each pending run is one queue item, claimed
+# with a file lock by whichever worker is free, so two workers never train the same run; a worker
+# that dies releases its claim, and the next start resumes that run from its last.pt.
+queue() {  # "SEED NAME K/N" per pending run, seed 0 of every experiment first (every table fills in early)
+    local name listing
+    for name in "${experiments[@]}"; do
+        if [ -f "$claims/listing-$name" ]; then  # the listing the compute plan was printed from
+            listing=$(<"$claims/listing-$name")
+            rm "$claims/listing-$name"
+        else
+            listing=$(run "$name" 0/1 --dry-run)
+        fi
+        if grep -q "^tune:" "${worktree[$name]}/configs/experiments/$name.yaml"; then
+            # a tuned sweep lists its later seeds only once the tuning seed is in: one worker runs it in order
+            grep -q "pending\|will resume" <<<"$listing" && echo "0 $name 0/1"
+            continue
+        fi
+        # "[i/n] RUN_ID {overrides}: pending": run i alone is shard i-1 of n
+        "$python" -c '
+import json, re, sys
+for line in sys.stdin:
+    m = re.match(r"\[(\d+)/(\d+)\] (\w+) (\{.*\}): (pending|started, will resume)$", line.strip())
+    if m:
+        seed = json.loads(m[4]).get("train.seed", 0)
+        print(seed, sys.argv[1], f"{int(m[1]) - 1}/{m[2]}", m[3])' "$name" <<<"$listing"
+    done | sort -s -n -k1,1
 }
+worker() {  # take the first unclaimed item of the queue file $1, run it, repeat until none is left
+    local seed name shard id fd
+    while read -r seed name shard id; do
+        local key=$claims/$name-${id:-all}
+        [ -e "$key.done" ] && continue
+        exec {fd}>"$key.lock"
+        if flock -n "$fd"; then
+            if run "$name" "$shard" </dev/null; then
+                [ -z "$id" ] || touch "$key.done"
+            else
+                echo "$name $shard: some runs failed"
+            fi
+        fi
+        exec {fd}>&-
+    done <"$1"
+}
+if [ -n "${CAMPAIGN_PLAN_ONLY:-}" ]; then
+    echo "pending runs, in the order the workers take them (seed, experiment, shard, run id):"
+    queue
+    exit 0
+fi
 echo "logs in $campaign_dir/logs"
 for pass in 1 2; do  # pass 2: the runs that waited for a tuning seed (nothing else is left)
-    shard 0 >>"$campaign_dir/logs/shard0.log" 2>&1 &
-    shard 1 >>"$campaign_dir/logs/shard1.log" 2>&1 &
+    queue >"$claims/queue"
+    echo "pass $pass: $(wc -l <"$claims/queue") queue items"
+    worker "$claims/queue" >>"$campaign_dir/logs/shard0.log" 2>&1 &
+    worker "$claims/queue" >>"$campaign_dir/logs/shard1.log" 2>&1 &
     wait
 done
 echo "campaign finished: git add book/results/cpu && git commit"
