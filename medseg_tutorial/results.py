@@ -430,7 +430,9 @@ def verdicts(table: pd.DataFrame, arm: str, metric: str = "dice") -> dict[str, l
 
     ``{"better": [...], "undecided": [...], "worse": [...]}`` against the table's baseline, with
     HD95's sign turned (lower is better); ``"held"`` lists the better ones whose Holm-adjusted p is
-    below 0.05 too. With ``by``, a level appears once per cell.
+    below 0.05 too, and ``"not_held"`` the better or worse ones whose Holm-adjusted p is not: their
+    interval clears zero, but with the table's other comparisons in mind the difference may be chance.
+    With ``by``, a level appears once per cell.
 
     Used in chapters 3-7 and 9.
     """
@@ -438,7 +440,8 @@ def verdicts(table: pd.DataFrame, arm: str, metric: str = "dice") -> dict[str, l
     d = table["direction"] * better if len(table) else pd.Series(dtype=int)
     return {"better": table.loc[d == 1, arm].tolist(), "undecided": table.loc[d == 0, arm].tolist(),
             "worse": table.loc[d == -1, arm].tolist(),
-            "held": table.loc[(d == 1) & (table["p_holm"] < 0.05), arm].tolist() if len(table) else []}
+            "held": table.loc[(d == 1) & (table["p_holm"] < 0.05), arm].tolist() if len(table) else [],
+            "not_held": table.loc[(d != 0) & ~(table["p_holm"] < 0.05), arm].tolist() if len(table) else []}
 
 
 def convergence(runs: pd.DataFrame, cap: int | None = None, patience: int | None = None,

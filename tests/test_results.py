@@ -317,6 +317,12 @@ def test_family_verdicts_and_summary_table(tmp_path):
     assert results.verdicts(dice, "strategy")["better"] == ["full_finetune"]
     assert results.verdicts(hd, "strategy", "hd95")["better"] == ["full_finetune"]
     assert results.verdicts(dice.assign(direction=0), "strategy")["undecided"] == ["full_finetune"]
+    # an interval clear of zero whose Holm-adjusted p is not below 0.05: decided, but not held
+    assert results.verdicts(dice.assign(p_holm=0.04), "strategy")["not_held"] == []
+    loose = results.verdicts(dice.assign(p_holm=0.09), "strategy")
+    assert loose["better"] == ["full_finetune"] and loose["held"] == [] and loose["not_held"] == ["full_finetune"]
+    assert results.verdicts(dice.assign(direction=-1, p_holm=0.09), "strategy")["not_held"] == ["full_finetune"]
+    assert results.verdicts(dice.assign(direction=0, p_holm=0.09), "strategy")["not_held"] == []
     runs = results.load_results("toy", tmp_path).rename(columns={"hd95": "test_hd95"})
     table = results.summary_table(runs, ["strategy"], ["test_dice", "test_hd95", "absent"])
     assert list(table.columns) == ["runs", "diverged", "test Dice", "test HD95 (mm)"]
