@@ -390,7 +390,7 @@ def multiplicity_note(n_comparisons: int, alpha: float = 0.05) -> str:
         raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
     m = n_comparisons
     if m == 1:
-        return f"This table makes 1 comparison; no correction is needed: p < {alpha:g} (alpha {alpha:g})."
+        return f"This table makes 1 comparison, so no correction is needed: its p must be below {alpha:g}."
     head = (f"This table makes {m} comparisons; with Holm's correction the smallest p must be below "
             f"{alpha / m:.2g} ({alpha:g}/{m}) at the first step")
     if m == 2:
