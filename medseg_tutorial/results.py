@@ -434,7 +434,7 @@ def verdicts(table: pd.DataFrame, arm: str, metric: str = "dice") -> dict[str, l
     interval clears zero, but with the table's other comparisons in mind the difference may be chance.
     With ``by``, a level appears once per cell.
 
-    Used in chapters 3-7 and 9.
+    Used in chapters 3-7, 9 and 10.
     """
     better = -1 if metric == "hd95" else 1
     d = table["direction"] * better if len(table) else pd.Series(dtype=int)
