@@ -47,6 +47,7 @@ __all__ = [
     "directions_agree",
     "diverged",
     "family",
+    "holm_mark",
     "load_curves",
     "load_patients",
     "load_results",
@@ -443,6 +444,14 @@ def verdicts(table: pd.DataFrame, arm: str, metric: str = "dice") -> dict[str, l
             "held": table.loc[(d == 1) & (table["p_holm"] < 0.05), arm].tolist() if len(table) else [],
             "not_held": table.loc[(d != 0) & ~(table["p_holm"] < 0.05), arm].tolist() if len(table) else []}
 
+
+def holm_mark(level: Any, verdict: dict[str, list[Any]]) -> str:
+    """``" (not after Holm's correction)"`` for a level in ``verdict["not_held"]`` (see :func:`verdicts`), else ``""``:
+    the suffix a generated sentence puts after such a level's name.
+
+    Used in chapters 4-7, 9 and 10.
+    """
+    return " (not after Holm's correction)" if level in verdict["not_held"] else ""
 
 def convergence(runs: pd.DataFrame, cap: int | None = None, patience: int | None = None,
                 name: Callable[[Any], str] = lambda r: f"{r.arm}, seed {r.seed}") -> tuple[pd.DataFrame, str]:

@@ -323,6 +323,8 @@ def test_family_verdicts_and_summary_table(tmp_path):
     assert loose["better"] == ["full_finetune"] and loose["held"] == [] and loose["not_held"] == ["full_finetune"]
     assert results.verdicts(dice.assign(direction=-1, p_holm=0.09), "strategy")["not_held"] == ["full_finetune"]
     assert results.verdicts(dice.assign(direction=0, p_holm=0.09), "strategy")["not_held"] == []
+    assert results.holm_mark("full_finetune", loose) == " (not after Holm's correction)"
+    assert results.holm_mark("full_finetune", results.verdicts(dice.assign(p_holm=0.04), "strategy")) == ""
     runs = results.load_results("toy", tmp_path).rename(columns={"hd95": "test_hd95"})
     table = results.summary_table(runs, ["strategy"], ["test_dice", "test_hd95", "absent"])
     assert list(table.columns) == ["runs", "diverged", "test Dice", "test HD95 (mm)"]

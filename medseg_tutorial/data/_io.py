@@ -136,7 +136,6 @@ def channels_first(pixels: np.ndarray, path: Path) -> np.ndarray:
     raise DataError(path, f"cannot tell the channel axis of an image with shape {pixels.shape}", "invalid")
 
 
-
 def read_image_slice(path: Path) -> np.ndarray:
     """A 2-D image file to segment as float32 (1, C, H, W): one slice, colours kept, alpha not yet dropped."""
     return channels_first(read_image_file(path, colours=True), path).astype(np.float32)[None]
@@ -149,6 +148,7 @@ LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 def luma(image: np.ndarray) -> np.ndarray:
     """Grey (S, 1, H, W) from colour (S, C >= 3, H, W): the ITU-R 601 luma of the first three channels."""
     return np.tensordot(image[:, :3], LUMA, axes=([1], [0]))[:, None]
+
 
 # --- NIfTI --------------------------------------------------------------------------------------
 # NIfTI stores voxels as (x, y, z[, channel]). We slice along z and put rows = y, cols = x, which
