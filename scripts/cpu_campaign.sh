@@ -3,7 +3,7 @@
 # 2-core machine, each table trained from a git worktree pinned at one commit (so a table comes from
 # one commit while this checkout keeps changing), written into THIS checkout's book/results/cpu/.
 #
-#   scripts/cpu_campaign.sh [EXPERIMENT ...]     # default: all seven; data_efficiency (with seed 0 mostly done) last
+#   scripts/cpu_campaign.sh [EXPERIMENT ...]     # default: all eight
 #   CAMPAIGN_COMMIT=abc123 scripts/cpu_campaign.sh  # the commit for tables that have no rows yet
 #                                                   # (default HEAD; a table with rows keeps their commit)
 #   CAMPAIGN_PLAN_ONLY=1 scripts/cpu_campaign.sh    # print the compute plans and the queue, and stop
@@ -34,7 +34,7 @@ fi
 repo=$(git rev-parse --show-toplevel)
 cd "$repo"
 experiments=("$@")
-[ ${#experiments[@]} -gt 0 ] || experiments=(optimizers activation losses source_transfer leakage volumes data_efficiency)
+[ ${#experiments[@]} -gt 0 ] || experiments=(optimizers activation losses source_transfer leakage volumes data_efficiency reference)
 campaign_dir=${CAMPAIGN_DIR:-$(dirname "$repo")/campaign}
 python=${PYTHON:-$repo/.venv/bin/python}
 export NO_ALBUMENTATIONS_UPDATE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1

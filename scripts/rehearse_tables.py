@@ -26,7 +26,8 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-TABLES = ("data_efficiency", "optimizers", "activation", "losses", "source_transfer", "leakage", "volumes")
+TABLES = ("data_efficiency", "optimizers", "activation", "losses", "source_transfer", "leakage", "volumes",
+          "reference")
 CHAPTERS = ("03_data_and_splits", "04_losses_and_metrics", "05_activations", "06_optimizers",
             "07_transfer_strategies", "09_pros_cons", "10_volumes")
 
@@ -46,6 +47,8 @@ def fill(folder: Path, seed: int = 0) -> dict[str, tuple[int, int]]:
     counts = {}
     for name in TABLES:
         exp = load_experiment(name, "cpu")
+        if not (folder / f"{name}.csv").exists():  # a table whose first row has not landed
+            continue
         table, patients, curves = (pd.read_csv(folder / f"{name}{s}.csv") for s in ("", "_patients", "_curves"))
         if table.empty:
             continue
