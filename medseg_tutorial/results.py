@@ -417,7 +417,7 @@ def _adjusted(out: pd.DataFrame, alpha: float) -> pd.DataFrame:
 def family(tables: Sequence[pd.DataFrame], alpha: float = 0.05) -> pd.DataFrame:
     """Several :func:`compare_table` results as one family: stacked, Holm's correction over all rows.
 
-    Used in chapter 9.
+    Used in chapters 7 and 9.
     """
     parts = [t for t in tables if len(t)]
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=next(
