@@ -453,6 +453,7 @@ def holm_mark(level: Any, verdict: dict[str, list[Any]]) -> str:
     """
     return " (not after Holm's correction)" if level in verdict["not_held"] else ""
 
+
 def convergence(runs: pd.DataFrame, cap: int | None = None, patience: int | None = None,
                 name: Callable[[Any], str] = lambda r: f"{r.arm}, seed {r.seed}") -> tuple[pd.DataFrame, str]:
     """Did the runs of a results table pass their best validation before they ended?
