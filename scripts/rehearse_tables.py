@@ -7,7 +7,11 @@ planned run that has no row yet with a SYNTHETIC one: the row, curves and per-pa
 finished run of the same cell (same arm, strategy and label fraction where there is one), its Dice
 shifted by noise. Then it executes the chapters that read the tables, in that worktree.
 
-    scripts/rehearse_tables.py [--worktree /tmp/rehearse] [--no-run] [CHAPTER.ipynb ...]
+    scripts/rehearse_tables.py [--worktree /tmp/rehearse] [--no-run] [--gpu] [CHAPTER.ipynb ...]
+
+``--gpu`` also writes a SYNTHETIC ``book/results/gpu/`` table for every cpu table (the same rows as if
+from the gpu preset, their Dice shifted by noise), so that the chapters' GPU-beside-CPU paths run
+before a GPU machine has made the real ones.
 
 The numbers are made up: they exist to exercise the chapters' code, never to be read or committed.
 The worktree is detached at HEAD; the script refuses to write into this checkout's own tables.
@@ -92,10 +96,32 @@ def fill(folder: Path, seed: int = 0) -> dict[str, tuple[int, int]]:
     return counts
 
 
+def fake_gpu(cpu: Path, gpu: Path, seed: int = 1) -> list[str]:
+    """Write a SYNTHETIC gpu table for every cpu table in ``cpu``: its rows, as if from the gpu preset."""
+    rng = random.Random(seed)
+    gpu.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in TABLES:
+        if not (cpu / f"{name}.csv").exists():
+            continue
+        table = pd.read_csv(cpu / f"{name}.csv").assign(
+            preset="gpu", hardware="synthetic GPU (scripts/rehearse_tables.py)")
+        for col in [c for c in table if c.startswith("test_dice") or c == "val_dice_best"]:
+            table[col] = (table[col] + [rng.gauss(0, 0.005) for _ in range(len(table))]).clip(0, 1)
+        table.to_csv(gpu / f"{name}.csv", index=False)
+        patients = pd.read_csv(cpu / f"{name}_patients.csv")
+        patients["dice"] = (patients["dice"] + [rng.gauss(0, 0.01) for _ in range(len(patients))]).clip(0, 1)
+        patients.to_csv(gpu / f"{name}_patients.csv", index=False)
+        shutil.copyfile(cpu / f"{name}_curves.csv", gpu / f"{name}_curves.csv")
+        written.append(name)
+    return written
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worktree", type=Path, default=Path("/tmp/rehearse"))
     parser.add_argument("--no-run", action="store_true", help="fill the tables, do not execute the chapters")
+    parser.add_argument("--gpu", action="store_true", help="also write synthetic gpu tables (book/results/gpu)")
     parser.add_argument("chapters", nargs="*", help="notebooks to execute (default: those that read tables)")
     args = parser.parse_args()
     tree = args.worktree.resolve()
@@ -109,6 +135,8 @@ def main() -> int:
     shutil.copytree(REPO / "book" / "results" / "cpu", results, dirs_exist_ok=True)  # rows not yet committed too
     for name, (real, total) in fill(results).items():
         print(f"{name}: {real} real rows, {total - real} synthetic")
+    if args.gpu:
+        print("synthetic gpu tables:", ", ".join(fake_gpu(results, results.parent / "gpu")))
     if args.no_run:
         return 0
     chapters = args.chapters or [f"book/{c}.ipynb" for c in CHAPTERS]
