@@ -36,6 +36,11 @@ CHAPTERS = ("03_data_and_splits", "04_losses_and_metrics", "05_activations", "06
             "07_transfer_strategies", "09_pros_cons", "10_volumes")
 
 
+def is_dice(column: str) -> bool:
+    """A Dice column of a results table, which the synthetic rows shift by noise."""
+    return column.startswith("test_dice") or column == "val_dice_best"
+
+
 def fill(folder: Path, seed: int = 0) -> dict[str, tuple[int, int]]:
     """Add a synthetic row for every planned run missing from the tables in ``folder``: {table: (real, all)}."""
     from medseg_tutorial.experiment import (
@@ -80,7 +85,7 @@ def fill(folder: Path, seed: int = 0) -> dict[str, tuple[int, int]]:
             if isinstance(cfg.optim.lr, float):
                 row["lr"] = cfg.optim.lr
             for key in row:
-                if (key.startswith("test_dice") or key == "val_dice_best") and pd.notna(row[key]):
+                if is_dice(key) and pd.notna(row[key]):
                     row[key] = float(row[key]) + shift
             new[""].append(pd.DataFrame([row]))
             for suffix, frame in (("_patients", patients), ("_curves", curves)):
@@ -106,7 +111,7 @@ def fake_gpu(cpu: Path, gpu: Path, seed: int = 1) -> list[str]:
             continue
         table = pd.read_csv(cpu / f"{name}.csv").assign(
             preset="gpu", hardware="synthetic GPU (scripts/rehearse_tables.py)")
-        for col in [c for c in table if c.startswith("test_dice") or c == "val_dice_best"]:
+        for col in filter(is_dice, table.columns):
             table[col] = (table[col] + [rng.gauss(0, 0.005) for _ in range(len(table))]).clip(0, 1)
         table.to_csv(gpu / f"{name}.csv", index=False)
         patients = pd.read_csv(cpu / f"{name}_patients.csv")
